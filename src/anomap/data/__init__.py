@@ -1,0 +1,1 @@
+"""Datasets on disk: layouts, image reading with validation, torch datasets, synthetic data."""
