@@ -1,0 +1,81 @@
+"""Locally aware patch features shared by PatchCore, GLASS and PBAS (METHODS.md §1.2).
+
+Per layer: every cell gets its 3×3 neighbourhood (zero padded), flattened channel-major, and
+adaptive-average-pooled to `layer_dim`; deeper layers are bilinearly resized to the first
+layer's grid; the concatenated per-layer vectors are adaptive-average-pooled to `target_dim`.
+
+Two exact shortcuts keep this cheap, neither changes a value beyond float rounding:
+- pooling along channels commutes with bilinear resizing along space, so we pool at each
+  layer's own resolution and resize the small pooled maps, not the 9·C unfolded ones;
+- when `layer_dim` equals the channel count C, each bin is exactly one channel's 3×3 block, so
+  the unfold-and-pool is a 3×3 average pool (zeros counted), computed without unfolding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PatchAggregator(nn.Module):
+    """Turn a list of B×C_l×h_l×w_l maps into one B×D×H×W map on the first layer's grid.
+
+    `layer_dim=None` keeps each layer's channel count (the 3×3 average-pool fast path);
+    `target_dim=None` concatenates the per-layer vectors without the final pooling.
+    """
+
+    def __init__(
+        self,
+        channels: Sequence[int],
+        *,
+        patch_size: int = 3,
+        layer_dim: int | None = None,
+        target_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        if patch_size % 2 != 1:
+            raise ValueError(f"patch_size must be odd, got {patch_size}")
+        self.channels = tuple(channels)
+        self.patch_size = patch_size
+        self.layer_dim = layer_dim
+        self.target_dim = target_dim
+        self.layer_dims = tuple(layer_dim or c for c in self.channels)
+        self.out_dim = target_dim or sum(self.layer_dims)
+
+    def _pool_layer(self, feature: torch.Tensor, dim: int) -> torch.Tensor:
+        """B×C×h×w -> B×dim×h×w: neighbourhood block of each cell, pooled along channels."""
+        batch, channels, height, width = feature.shape
+        pad = self.patch_size // 2
+        if dim == channels:
+            return F.avg_pool2d(
+                feature, self.patch_size, stride=1, padding=pad, count_include_pad=True
+            )
+        blocks = F.unfold(feature, self.patch_size, padding=pad)  # B×(C·k·k)×(h·w), C-major
+        pooled = F.adaptive_avg_pool1d(blocks.transpose(1, 2), dim)  # B×(h·w)×dim
+        return pooled.transpose(1, 2).reshape(batch, dim, height, width)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        if len(features) != len(self.channels):
+            raise ValueError(f"expected {len(self.channels)} feature maps, got {len(features)}")
+        grid = features[0].shape[-2:]
+        pooled = []
+        for feature, dim in zip(features, self.layer_dims, strict=True):
+            layer = self._pool_layer(feature, dim)
+            if layer.shape[-2:] != grid:
+                layer = F.interpolate(layer, size=grid, mode="bilinear", align_corners=False)
+            pooled.append(layer)
+        stacked = torch.cat(pooled, dim=1)
+        if self.target_dim is None or self.target_dim == stacked.shape[1]:
+            return stacked
+        batch, total, height, width = stacked.shape
+        flat = stacked.permute(0, 2, 3, 1).reshape(batch, height * width, total)
+        reduced = F.adaptive_avg_pool1d(flat, self.target_dim)
+        return reduced.reshape(batch, height, width, self.target_dim).permute(0, 3, 1, 2)
+
+
+def patch_rows(feature_map: torch.Tensor) -> torch.Tensor:
+    """B×D×H×W -> (B·H·W)×D, image-major then row-major, the order all methods score in."""
+    return feature_map.permute(0, 2, 3, 1).reshape(-1, feature_map.shape[1])

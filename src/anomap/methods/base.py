@@ -1,0 +1,265 @@
+"""The Detector contract every method implements, and the work all methods share.
+
+A method supplies its config dataclass, `_fit_features` (learn from normal images) and
+`_score` (cell scores and image scores for a batch of preprocessed images); this base class
+does the rest: input handling, the validation split, post-processing, calibration, saving.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from anomap.backbones import DEFAULT_BACKBONE, FeatureExtractor, load_backbone
+from anomap.data.samples import Category, Sample
+from anomap.data.transforms import Preprocess
+from anomap.errors import AnomapError, DataError
+from anomap.postprocess import Calibration, calibrate, gaussian_blur, upsample
+from anomap.progress import track
+
+ImageInput = str | Path | Image.Image | np.ndarray
+
+
+@dataclass
+class DetectorConfig:
+    """Settings every method shares. Methods subclass this and add their own fields."""
+
+    backbone: str = DEFAULT_BACKBONE
+    layers: tuple[int, ...] | None = None
+    weights: str | None = None
+    download: bool = False
+    resize: int | tuple[int, int] = 256
+    crop: int | None = 224
+    blur_sigma: float = 4.0
+    batch_size: int = 8
+    val_fraction: float = 0.1
+    threshold_quantile: float = 0.99
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.layers is not None:
+            self.layers = tuple(int(x) for x in self.layers)
+        if isinstance(self.resize, list):
+            self.resize = (int(self.resize[0]), int(self.resize[1]))
+        _check(self.batch_size >= 1, "batch_size must be >= 1")
+        _check(0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)")
+        _check(0.5 <= self.threshold_quantile <= 1.0, "threshold_quantile must be in [0.5, 1]")
+        _check(self.blur_sigma >= 0, "blur_sigma must be >= 0")
+        _check(
+            self.device in ("auto", "cpu") or self.device.startswith("cuda"),
+            f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key, value in data.items():
+            if isinstance(value, tuple):
+                data[key] = list(value)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DetectorConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise AnomapError(f"unknown {cls.__name__} settings: {', '.join(unknown)}")
+        return cls(**data)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass
+class Prediction:
+    """Per-image results. `maps` are at the model's input resolution (after crop);
+    `normalized` and `is_anomalous` are None until the detector is calibrated."""
+
+    scores: np.ndarray
+    maps: np.ndarray
+    normalized: np.ndarray | None = None
+    is_anomalous: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise AnomapError(f"device {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def train_samples(data: Any) -> tuple[list[Sample], list[str]]:
+    """Normal training samples and category names from a path, Category, or list of them."""
+    from anomap.data.layouts import discover
+
+    if isinstance(data, (str, Path)):
+        data = discover(data)
+    if isinstance(data, Category):
+        data = [data]
+    if isinstance(data, Sequence) and data and all(isinstance(c, Category) for c in data):
+        samples = [s for category in data for s in category.train]
+        return samples, [c.name for c in data]
+    if isinstance(data, Sequence) and data and all(isinstance(s, Sample) for s in data):
+        return list(data), sorted({s.category for s in data})
+    if isinstance(data, Sequence) and data and all(isinstance(p, (str, Path)) for p in data):
+        return [Sample(Path(p), category="") for p in data], []
+    raise DataError("training data must be a dataset folder, a Category, or a list of image paths")
+
+
+class Detector:
+    """Base class: `fit` on normal images, `predict` scores, maps and decisions, `save`."""
+
+    method: ClassVar[str]
+    Config: ClassVar[type[DetectorConfig]] = DetectorConfig
+
+    def __init__(self, **settings: Any) -> None:
+        self.config = self.Config(**settings)
+        self.calibration: Calibration | None = None
+        self.categories: list[str] = []
+        self._backbone: FeatureExtractor | None = None
+        self._device = resolve_device(self.config.device)
+
+    # ---- what methods implement -------------------------------------------------------
+    def _fit_features(self, batches: Iterator[torch.Tensor], num_images: int) -> None:
+        raise NotImplementedError
+
+    def _score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Preprocessed B×3×H×W -> (image scores B, cell scores B×h×w)."""
+        raise NotImplementedError
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    # ---- shared machinery ---------------------------------------------------------------
+    @property
+    def backbone(self) -> FeatureExtractor:
+        if self._backbone is None:
+            cfg = self.config
+            self._backbone = load_backbone(
+                cfg.backbone, cfg.layers, weights=cfg.weights, download=cfg.download
+            ).to(self._device)
+        return self._backbone
+
+    @property
+    def preprocess(self) -> Preprocess:
+        spec = self.backbone.spec
+        return Preprocess(self.config.resize, self.config.crop, spec.mean, spec.std)
+
+    @property
+    def is_fitted(self) -> bool:
+        raise NotImplementedError
+
+    def _seed(self) -> None:
+        random.seed(self.config.seed)
+        np.random.seed(self.config.seed)
+        torch.manual_seed(self.config.seed)
+
+    def _split(self, samples: list[Sample], val: Any) -> tuple[list[Sample], list[Sample]]:
+        if val is not None:
+            return samples, train_samples(val)[0]
+        n_val = int(round(len(samples) * self.config.val_fraction))
+        if self.config.val_fraction > 0 and len(samples) >= 5:
+            n_val = max(n_val, 1)
+        if n_val == 0:
+            return samples, []
+        order = np.random.default_rng(self.config.seed).permutation(len(samples))
+        held = set(order[:n_val].tolist())
+        return (
+            [s for i, s in enumerate(samples) if i not in held],
+            [s for i, s in enumerate(samples) if i in held],
+        )
+
+    def _batches(self, samples: Sequence[Sample], description: str) -> Iterator[torch.Tensor]:
+        from anomap.data.dataset import ImageDataset
+
+        dataset = ImageDataset(samples, self.preprocess)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=self.config.batch_size, shuffle=False, num_workers=0
+        )
+        for batch in track(loader, description, total=len(loader)):
+            yield batch["image"].to(self._device)
+
+    def fit(self, data: Any, *, val: Any = None) -> Detector:
+        """Learn from normal images. A slice of them (`val_fraction`), or `val` when given,
+        is held out to calibrate the decision threshold without any anomalous image."""
+        samples, categories = train_samples(data)
+        if not samples:
+            raise DataError("no training images")
+        self._seed()
+        train, held_out = self._split(samples, val)
+        from anomap.data.dataset import validate_samples
+
+        validate_samples(train + held_out, check_masks=False)
+        self.categories = categories
+        self._fit_features(self._batches(train, "extracting features"), len(train))
+        self.calibration = None
+        if held_out:
+            result = self.predict(held_out)
+            self.calibration = calibrate(result.scores, result.maps, self.config.threshold_quantile)
+        return self
+
+    def _tensor_batches(self, images: Any) -> Iterator[torch.Tensor]:
+        if isinstance(images, torch.Tensor):
+            tensor = images if images.dim() == 4 else images[None]
+            for start in range(0, len(tensor), self.config.batch_size):
+                yield tensor[start : start + self.config.batch_size].to(self._device)
+            return
+        if isinstance(images, (str, Path, Image.Image, np.ndarray)):
+            images = [images]
+        if all(isinstance(x, (str, Path, Sample)) for x in images):
+            samples = [x if isinstance(x, Sample) else Sample(Path(x), "") for x in images]
+            yield from self._batches(samples, "predicting")
+            return
+        pre = self.preprocess
+        for start in range(0, len(images), self.config.batch_size):
+            chunk = images[start : start + self.config.batch_size]
+            pils = [x if isinstance(x, Image.Image) else Image.fromarray(x) for x in chunk]
+            yield torch.stack([pre.image(p.convert("RGB")) for p in pils]).to(self._device)
+
+    @torch.inference_mode()
+    def predict_tensor(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole inference path on a preprocessed batch: (image scores, smoothed maps)."""
+        image_scores, cells = self._score(images)
+        maps = upsample(cells, tuple(images.shape[-2:]))
+        return image_scores, gaussian_blur(maps, self.config.blur_sigma)
+
+    def predict(self, images: Any) -> Prediction:
+        """Score image paths, PIL images, uint8 arrays or a preprocessed tensor batch."""
+        if not self.is_fitted:
+            raise AnomapError(f"{type(self).__name__} is not fitted: call fit() first")
+        scores, maps = [], []
+        for batch in self._tensor_batches(images):
+            batch_scores, batch_maps = self.predict_tensor(batch)
+            scores.append(batch_scores.float().cpu().numpy())
+            maps.append(batch_maps.float().cpu().numpy())
+        score_array = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+        map_array = np.concatenate(maps) if maps else np.zeros((0, 0, 0), np.float32)
+        cal = self.calibration
+        return Prediction(
+            scores=score_array,
+            maps=map_array,
+            normalized=cal.normalize(score_array) if cal else None,
+            is_anomalous=cal.decide(score_array) if cal else None,
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model as one safetensors file with JSON metadata (no pickle)."""
+        from anomap.artifact import save_detector
+
+        return save_detector(self, Path(path))

@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+from anomap.postprocess import calibrate, gaussian_blur, upsample
+
+
+@pytest.mark.parametrize("shape", [(2, 40, 40), (1, 224, 224), (1, 10, 30)])
+def test_blur_matches_scipy(shape):
+    maps = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    ours = gaussian_blur(maps, sigma=4.0).numpy()
+    for i in range(shape[0]):
+        ref = gaussian_filter(maps[i].numpy().astype(np.float64), sigma=4.0)
+        np.testing.assert_allclose(ours[i], ref, atol=1e-5)
+
+
+def test_upsample_shape_and_constant():
+    cells = torch.full((3, 7, 7), 2.5)
+    out = upsample(cells, (56, 56))
+    assert out.shape == (3, 56, 56)
+    assert torch.allclose(out, torch.full_like(out, 2.5))
+
+
+def test_calibration_from_normal_scores():
+    scores = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    maps = np.stack([np.full((4, 4), v) for v in scores]).astype(np.float32)
+    cal = calibrate(scores, maps, quantile=1.0)
+    assert cal.image_threshold == 5.0 and cal.image_center == 3.0
+    np.testing.assert_allclose(cal.normalize(np.array([3.0, 5.0])), [0.0, 1.0])
+    assert cal.decide(np.array([4.9, 5.0])).tolist() == [False, True]
+    low, high = cal.pixel_range
+    assert low == 3.0 and high == 7.0 and cal.pixel_threshold == 5.0
+
+
+def test_calibration_rejects_empty():
+    with pytest.raises(ValueError, match="at least one"):
+        calibrate(np.array([]), np.zeros((0, 2, 2)))
