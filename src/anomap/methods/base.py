@@ -1,6 +1,6 @@
 """The Detector contract every method implements, and the work all methods share.
 
-A method supplies its config dataclass, `_fit_features` (learn from normal images) and
+A method supplies its config dataclass, `_fit` (learn from normal images) and
 `_score` (cell scores and image scores for a batch of preprocessed images); this base class
 does the rest: input handling, the validation split, post-processing, calibration, saving.
 """
@@ -133,7 +133,9 @@ class Detector:
         self._device = resolve_device(self.config.device)
 
     # ---- what methods implement -------------------------------------------------------
-    def _fit_features(self, batches: Iterator[torch.Tensor], num_images: int) -> None:
+    def _fit(self, train: list[Sample]) -> None:
+        """Learn from normal samples; `self._batches(train, ...)` streams them as often as
+        needed (one pass for memory-bank methods, many epochs for trained ones)."""
         raise NotImplementedError
 
     def _score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,12 +187,16 @@ class Detector:
             [s for i, s in enumerate(samples) if i in held],
         )
 
-    def _batches(self, samples: Sequence[Sample], description: str) -> Iterator[torch.Tensor]:
+    def _batches(
+        self, samples: Sequence[Sample], description: str, *, shuffle: bool = False
+    ) -> Iterator[torch.Tensor]:
+        """Preprocessed image batches on the detector's device; `shuffle` draws the order from
+        torch's global generator, which `fit` seeds."""
         from anomap.data.dataset import ImageDataset
 
         dataset = ImageDataset(samples, self.preprocess)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=self.config.batch_size, shuffle=False, num_workers=0
+            dataset, batch_size=self.config.batch_size, shuffle=shuffle, num_workers=0
         )
         for batch in track(loader, description, total=len(loader)):
             yield batch["image"].to(self._device)
@@ -207,7 +213,7 @@ class Detector:
 
         validate_samples(train + held_out, check_masks=False)
         self.categories = categories
-        self._fit_features(self._batches(train, "extracting features"), len(train))
+        self._fit(train)
         self.calibration = None
         if held_out:
             result = self.predict(held_out)

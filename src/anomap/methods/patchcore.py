@@ -20,12 +20,12 @@ Deviations, all deliberate and named here:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from anomap.data.samples import Sample
 from anomap.features import PatchAggregator, patch_rows
 from anomap.methods.base import Detector, DetectorConfig, _check
 from anomap.progress import track
@@ -154,7 +154,8 @@ class PatchCore(Detector):
         return self.aggregator(self.backbone(images))
 
     @torch.inference_mode()
-    def _fit_features(self, batches: Iterator[torch.Tensor], num_images: int) -> None:
+    def _fit(self, train: list[Sample]) -> None:
+        batches = self._batches(train, "extracting features")
         rows = [patch_rows(self._embed(batch)).float().cpu() for batch in batches]
         features = torch.cat(rows)
         size = max(1, int(round(features.shape[0] * self.config.coreset_ratio)))

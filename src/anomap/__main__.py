@@ -1,0 +1,5 @@
+"""`python -m anomap` runs the CLI."""
+
+from anomap.cli import main
+
+main()
