@@ -30,7 +30,7 @@ from anomap.features import PatchAggregator, patch_rows
 from anomap.methods.base import Detector, DetectorConfig, _check
 from anomap.progress import track
 
-_CHUNK_ELEMENTS = 1 << 24  # ≈ 64 MB of float32 distances per search chunk
+_CHUNK_ELEMENTS = 1 << 23  # ≈ 32 MB of float32 distances per search chunk
 
 
 @dataclass
@@ -114,9 +114,13 @@ class NearestNeighbors:
         dists, idxs = [], []
         for start in range(0, queries.shape[0], rows):
             chunk = queries[start : start + rows]
-            sq = (chunk * chunk).sum(1, keepdim=True) - 2.0 * chunk @ self.bank.T
-            sq += self.bank_squared
-            values, indices = torch.topk(sq, k, dim=1, largest=False)
+            # ‖q‖² is constant per row, so ranking needs only ‖m‖² − 2 q·m (one fused addmm)
+            partial = torch.addmm(self.bank_squared, chunk, self.bank.T, alpha=-2.0)
+            if k == 1:
+                values, indices = partial.min(dim=1, keepdim=True)
+            else:
+                values, indices = torch.topk(partial, k, dim=1, largest=False)
+            values += (chunk * chunk).sum(1, keepdim=True)
             dists.append(values.clamp_min(0).sqrt())
             idxs.append(indices)
         return torch.cat(dists), torch.cat(idxs)
