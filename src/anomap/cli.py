@@ -1,0 +1,459 @@
+"""The `anomap` command line: train, test, predict, synth, demo, bench.
+
+Imports of torch and the models happen inside the commands, so `anomap --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from anomap.errors import AnomapError
+
+app = typer.Typer(
+    help="Industrial visual anomaly detection: learn from good images, flag and localise defects.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+MODEL_FILE = "model.safetensors"
+
+Quiet = typer.Option(False, "--quiet", "-q", help="No progress bars or tables.")
+AsJson = typer.Option(False, "--json", help="Print the result as JSON (for scripts).")
+Seed = typer.Option(0, help="Random seed (sampling, coreset start, training).")
+Device = typer.Option("auto", help="auto, cpu or cuda[:N].")
+
+
+def _setup(quiet: bool) -> None:
+    from anomap.progress import set_enabled
+
+    set_enabled(not quiet)
+
+
+def _parse_settings(pairs: list[str]) -> dict[str, Any]:
+    """`--set key=value` pairs; values parsed as JSON when they can be (numbers, lists)."""
+    settings: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise AnomapError(f"--set expects key=value, got {pair!r}")
+        try:
+            settings[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key.replace("-", "_")] = value
+    return settings
+
+
+def _print(data: Any, as_json: bool, text: str | None = None) -> None:
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, default=float))
+    elif text:
+        typer.echo(text)
+
+
+def _model_files(model: Path) -> dict[str, Path]:
+    """A model file, or a training run folder holding <category>/model.safetensors files."""
+    if model.is_file():
+        return {"": model}
+    if model.is_dir():
+        found = {p.parent.name: p for p in sorted(model.glob(f"*/{MODEL_FILE}"))}
+        if (model / MODEL_FILE).is_file():
+            found[""] = model / MODEL_FILE
+        if found:
+            return found
+    raise AnomapError(f"no model at {model}: expected a {MODEL_FILE} file or a training run folder")
+
+
+def _pick_model(files: dict[str, Path], category: str) -> Path:
+    if category in files:
+        return files[category]
+    if len(files) == 1:
+        return next(iter(files.values()))
+    raise AnomapError(
+        f"no model for category {category!r}; this run has: {', '.join(sorted(files))}"
+    )
+
+
+@app.command()
+def train(
+    data: Path = typer.Option(
+        ..., "--data", "-d", help="Dataset root, category folder, or folder of good images."
+    ),
+    out: Path = typer.Option(
+        Path("runs/model"), "--out", "-o", help="Run folder to write models into."
+    ),
+    method: str = typer.Option("patchcore", help="Method: patchcore."),
+    category: list[str] = typer.Option(
+        None, "--category", "-c", help="Only these categories (repeatable)."
+    ),
+    layout: str = typer.Option("auto", help="auto, mvtec, mpdd, visa or folder."),
+    backbone: str = typer.Option("efficientnet_lite0", help="Backbone name (timm)."),
+    weights: Path = typer.Option(None, help="Local backbone weights (safetensors or state dict)."),
+    download: bool = typer.Option(False, "--download", help="Allow downloading backbone weights."),
+    val: Path = typer.Option(None, help="Folder of normal images to calibrate the threshold."),
+    settings: list[str] = typer.Option(
+        None, "--set", help="Method setting key=value, e.g. coreset_ratio=0.05."
+    ),
+    seed: int = Seed,
+    device: str = Device,
+    quiet: bool = Quiet,
+    as_json: bool = AsJson,
+) -> None:
+    """Train one model per category on its good images.
+
+    Examples:
+      anomap train --data mvtec_ad --category bottle --out runs/bottle
+      anomap train --data ./good_parts --out runs/line3
+      anomap train --data data/ball_screw --set coreset_ratio=0.05
+    """
+    import time
+
+    from anomap.data.layouts import discover
+    from anomap.methods import get_method
+
+    _setup(quiet)
+    options = dict(_parse_settings(settings or []), backbone=backbone, seed=seed, device=device)
+    categories = discover(data, layout=layout, categories=category or None)
+    if weights is not None:
+        options["weights"] = str(weights)
+    if download:
+        options["download"] = True
+    detector_class = get_method(method)
+    summary = {}
+    for cat in categories:
+        start = time.perf_counter()
+        detector = detector_class(**options).fit(cat, val=val)
+        seconds = time.perf_counter() - start
+        path = detector.save(out / cat.name / MODEL_FILE)
+        summary[cat.name] = {"model": str(path), "train_images": len(cat.train), "seconds": seconds}
+        if not quiet and not as_json:
+            typer.echo(
+                f"{cat.name}: trained on {len(cat.train)} images in {seconds:.1f}s -> {path}"
+            )
+    _print(summary, as_json)
+
+
+@app.command()
+def test(
+    model: Path = typer.Option(..., "--model", "-m", help="Model file or training run folder."),
+    data: Path = typer.Option(..., "--data", "-d", help="Dataset with a labelled test split."),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="Where to write metrics and pictures (default: <run>/test)."
+    ),
+    category: list[str] = typer.Option(None, "--category", "-c", help="Only these categories."),
+    layout: str = typer.Option("auto", help="auto, mvtec, mpdd, visa or folder."),
+    pro: str = typer.Option(
+        "standard", help="AUPRO variant: standard, repo (GLASS/PBAS papers) or both."
+    ),
+    overlays: int = typer.Option(8, help="Heat-map panels to write per category."),
+    weights: Path = typer.Option(None, help="Backbone weights file, if it moved since training."),
+    device: str = Device,
+    quiet: bool = Quiet,
+    as_json: bool = AsJson,
+) -> None:
+    """Evaluate on labelled test images: metrics per category and mean (JSON + markdown),
+    heat-map panels and an HTML report.
+
+    Examples:
+      anomap test --model runs/bottle --data mvtec_ad --category bottle
+      anomap test --model runs/model --data synth --pro both --json
+    """
+    from anomap.artifact import load
+    from anomap.data.layouts import discover
+    from anomap.evaluation import evaluate_category
+    from anomap.report import html_report, metrics_table_markdown, write_text_atomic
+
+    _setup(quiet)
+    files = _model_files(model)
+    out = out or (model if model.is_dir() else model.parent) / "test"
+    results = {}
+    detector = None
+    for cat in discover(data, layout=layout, categories=category or None):
+        detector = load(_pick_model(files, cat.name), weights=weights, device=device)
+        results[cat.name] = evaluate_category(
+            detector, cat, pro_variant=pro, overlay_dir=out / "overlays", max_overlays=overlays
+        )
+    metrics = {name: r.metrics for name, r in results.items()}
+    columns = [c for c in _TABLE_COLUMNS if any(c in m for m in metrics.values())]
+    notes = [
+        "image_f1_max and pixel_f1_max pick their threshold on the test set (oracle).",
+        "threshold_* use the threshold learnt from normal images only.",
+    ]
+    table = metrics_table_markdown(metrics, columns, notes=notes)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "model": str(model),
+        "data": str(data),
+        "method": detector.method,
+        "backbone": detector.config.backbone,
+        "pro_variant": pro,
+        "categories": {
+            name: dict(r.metrics, seconds_per_image=r.seconds_per_image)
+            for name, r in results.items()
+        },
+        "mean": _mean(metrics),
+    }
+    write_text_atomic(json.dumps(payload, indent=2, default=float), out / "metrics.json")
+    write_text_atomic(table, out / "metrics.md")
+    images = [
+        (Path(p).stem, str(Path(p).relative_to(out))) for r in results.values() for p in r.overlays
+    ]
+    html_report(
+        out / "report.html",
+        title=f"anomap test: {detector.method} on {data.name}",
+        summary={
+            "method": detector.method,
+            "backbone": detector.config.backbone,
+            "model": str(model),
+            "data": str(data),
+            "AUPRO variant": pro,
+        },
+        metrics=metrics,
+        columns=columns,
+        images=images,
+    )
+    _print(
+        payload,
+        as_json,
+        None
+        if quiet
+        else f"{table}\nwrote {out}/metrics.json, {out}/metrics.md, {out}/report.html",
+    )
+
+
+_TABLE_COLUMNS = (
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "repo_pro",
+    "image_ap",
+    "pixel_ap",
+    "image_f1_max",
+    "threshold_f1",
+)
+
+
+def _mean(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
+    import numpy as np
+
+    keys = sorted({k for m in metrics.values() for k in m})
+    means = {}
+    for key in keys:
+        values = [m[key] for m in metrics.values() if key in m and not np.isnan(m[key])]
+        means[key] = float(np.mean(values)) if values else float("nan")
+    return means
+
+
+@app.command()
+def predict(
+    inputs: list[Path] = typer.Argument(..., help="Image files or folders of images."),
+    model: Path = typer.Option(..., "--model", "-m", help="Model file or training run folder."),
+    category: str = typer.Option(
+        "", "--category", "-c", help="Which model of a multi-category run."
+    ),
+    out: Path = typer.Option(Path("predictions"), "--out", "-o", help="Output folder."),
+    overlays: bool = typer.Option(True, help="Write heat-map overlay PNGs."),
+    weights: Path = typer.Option(None, help="Backbone weights file, if it moved since training."),
+    device: str = Device,
+    quiet: bool = Quiet,
+    as_json: bool = AsJson,
+) -> None:
+    """Score images: CSV and JSON of score and decision per image, plus heat-map overlays.
+
+    Examples:
+      anomap predict --model runs/bottle/model.safetensors photos/*.png
+      anomap predict --model runs/model --category carpet incoming/ --out results
+    """
+    import csv
+    import io
+
+    from anomap.artifact import load
+    from anomap.data.images import list_images, read_image
+    from anomap.report import panel, save_png_atomic, write_text_atomic
+
+    _setup(quiet)
+    paths = []
+    for item in inputs:
+        paths.extend(list_images(item) if item.is_dir() else [item])
+    if not paths:
+        raise AnomapError("no images found in the given inputs")
+    detector = load(_pick_model(_model_files(model), category), weights=weights, device=device)
+    result = detector.predict(paths)
+    cal = detector.calibration
+    rows = []
+    out.mkdir(parents=True, exist_ok=True)
+    for i, path in enumerate(paths):
+        row = {
+            "path": str(path),
+            "score": float(result.scores[i]),
+            "normalized_score": None if cal is None else float(result.normalized[i]),
+            "anomalous": None if cal is None else bool(result.is_anomalous[i]),
+        }
+        if overlays:
+            vmin, vmax = cal.pixel_range if cal else (result.maps.min(), result.maps.max())
+            picture = panel(
+                detector.preprocess.geometry(read_image(path)),
+                result.maps[i],
+                vmin=float(vmin),
+                vmax=float(vmax),
+                threshold=cal.pixel_threshold if cal else None,
+                title=path.name,
+                score=row["score"],
+                decision=row["anomalous"],
+            )
+            target = out / f"{path.stem}_overlay.png"
+            save_png_atomic(picture, target)
+            row["overlay"] = str(target)
+        rows.append(row)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(buffer.getvalue(), out / "predictions.csv")
+    write_text_atomic(json.dumps(rows, indent=2), out / "predictions.json")
+    lines = [
+        f"{Path(r['path']).name}: score {r['score']:.4f}"
+        + ("" if r["anomalous"] is None else (" ANOMALOUS" if r["anomalous"] else " normal"))
+        for r in rows
+    ]
+    _print(rows, as_json, None if quiet else "\n".join(lines) + f"\nwrote {out}/predictions.csv")
+
+
+@app.command()
+def synth(
+    out: Path = typer.Argument(..., help="Folder to write the dataset into (MVTec layout)."),
+    categories: str = typer.Option("", help="Comma-separated categories (default: all)."),
+    size: int = typer.Option(256, help="Image size in pixels."),
+    n_train: int = typer.Option(40, help="Good training images per category."),
+    n_test_good: int = typer.Option(12, help="Good test images per category."),
+    n_test_defect: int = typer.Option(4, help="Test images per defect type."),
+    seed: int = Seed,
+    quiet: bool = Quiet,
+) -> None:
+    """Generate procedural benchmark categories (textures and objects with real-looking
+    defects and exact masks), seeded and deterministic.
+
+    Examples:
+      anomap synth data/synth
+      anomap synth data/big --size 512 --n-train 200
+    """
+    from anomap.data.synth import generate
+
+    folders = generate(
+        out,
+        [c for c in categories.split(",") if c] or None,
+        image_size=size,
+        n_train=n_train,
+        n_test_good=n_test_good,
+        n_test_defect=n_test_defect,
+        seed=seed,
+    )
+    if not quiet:
+        typer.echo("\n".join(f"wrote {f}" for f in folders))
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(
+        Path("demo_out"), "--out", "-o", help="Folder for data, models and results."
+    ),
+    size: int = typer.Option(256, help="Synthetic image size."),
+    device: str = Device,
+    quiet: bool = Quiet,
+) -> None:
+    """The whole loop on generated data: synth -> train -> test -> predict, then print the
+    metrics table and where the pictures are."""
+    from anomap.data.synth import generate
+
+    _setup(quiet)
+    data = out / "data"
+    if not quiet:
+        typer.echo(f"1/4 generating synthetic categories in {data}")
+    generate(data, image_size=size)
+    if not quiet:
+        typer.echo("2/4 training PatchCore (EfficientNet-Lite0, ImageNet weights) per category")
+    train(
+        data=data,
+        out=out / "run",
+        method="patchcore",
+        category=None,
+        layout="auto",
+        backbone="efficientnet_lite0",
+        weights=None,
+        download=False,
+        val=None,
+        settings=None,
+        seed=0,
+        device=device,
+        quiet=quiet,
+        as_json=False,
+    )
+    if not quiet:
+        typer.echo("3/4 testing on the labelled test split")
+    test(
+        model=out / "run",
+        data=data,
+        out=out / "test",
+        category=None,
+        layout="auto",
+        pro="standard",
+        overlays=6,
+        weights=None,
+        device=device,
+        quiet=quiet,
+        as_json=False,
+    )
+    first = sorted((out / "run").glob(f"*/{MODEL_FILE}"))[0].parent.name
+    samples = sorted((data / first / "test").glob("*/*.png"))[::7][:4]
+    if not quiet:
+        typer.echo(f"4/4 predicting {len(samples)} images of {first}")
+    predict(
+        inputs=samples,
+        model=out / "run",
+        category=first,
+        out=out / "predict",
+        overlays=True,
+        weights=None,
+        device=device,
+        quiet=quiet,
+        as_json=False,
+    )
+    if not quiet:
+        typer.echo(f"\nOpen {out / 'test' / 'report.html'} for the report and heat maps.")
+
+
+@app.command()
+def bench(
+    out: Path = typer.Option(Path("benchmarks/results"), "--out", "-o", help="Results folder."),
+    batch_sizes: str = typer.Option("1,32", help="Comma-separated batch sizes."),
+    size: int = typer.Option(224, help="Input size (after crop)."),
+    device: str = Device,
+    quiet: bool = Quiet,
+    as_json: bool = AsJson,
+) -> None:
+    """Inference throughput of the full PatchCore predict path against the bare backbone in
+    the same run, and peak memory; writes JSON + markdown."""
+    from anomap.benchmark import run_speed_benchmark
+
+    _setup(quiet)
+    result = run_speed_benchmark(
+        out, batch_sizes=[int(b) for b in batch_sizes.split(",")], size=size, device=device
+    )
+    _print(result["json"], as_json, None if quiet else result["markdown"])
+
+
+def main() -> None:
+    """Entry point: user errors print one clear line and exit 2, never a traceback."""
+    try:
+        app()
+    except AnomapError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,112 @@
+"""The CLI as a user runs it: real subprocesses, real files, readable errors."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+CLI = [sys.executable, "-m", "anomap"]
+
+
+def run(*args, check=True):
+    proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_help_is_fast_and_lists_verbs():
+    start = time.perf_counter()
+    proc = run("--help")
+    assert time.perf_counter() - start < 5  # generous: the import itself must not load torch
+    for verb in ("train", "test", "predict", "synth", "demo", "bench"):
+        assert verb in proc.stdout
+    code = "import sys, anomap.cli; print('torch' in sys.modules)"
+    assert subprocess.check_output([sys.executable, "-c", code], text=True).strip() == "False"
+
+
+@pytest.fixture(scope="module")
+def trained(synth_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    proc = run(
+        "train",
+        "--data",
+        synth_root,
+        "--out",
+        out,
+        "--set",
+        "resize=96",
+        "--set",
+        "crop=96",
+        "--json",
+        "--quiet",
+    )
+    return out, json.loads(proc.stdout)
+
+
+def test_train_writes_one_model_per_category(trained, synth_root):
+    out, summary = trained
+    assert sorted(summary) == sorted(p.name for p in synth_root.iterdir())
+    for name in summary:
+        assert (out / name / "model.safetensors").is_file()
+
+
+def test_test_writes_metrics_and_report(trained, synth_root, tmp_path):
+    out, _ = trained
+    proc = run(
+        "test",
+        "--model",
+        out,
+        "--data",
+        synth_root,
+        "--out",
+        tmp_path,
+        "--json",
+        "--quiet",
+        "--overlays",
+        "2",
+    )
+    payload = json.loads(proc.stdout)
+    assert set(payload["categories"]) == {p.name for p in synth_root.iterdir()}
+    assert 0.5 < payload["mean"]["image_auroc"] <= 1.0
+    assert (tmp_path / "metrics.md").read_text().count("|") > 10
+    assert "<img" in (tmp_path / "report.html").read_text()
+    assert len(list((tmp_path / "overlays").glob("*.png"))) == 4
+
+
+def test_predict_writes_csv_and_overlays(trained, synth_root, tmp_path):
+    out, summary = trained
+    name = sorted(summary)[0]
+    folder = next(p for p in (synth_root / name / "test").iterdir() if p.name != "good")
+    proc = run(
+        "predict",
+        folder,
+        "--model",
+        out,
+        "--category",
+        name,
+        "--out",
+        tmp_path,
+        "--json",
+        "--quiet",
+    )
+    rows = json.loads(proc.stdout)
+    assert len(rows) == len(list(folder.iterdir()))
+    assert {"path", "score", "anomalous", "overlay"} <= set(rows[0])
+    assert (tmp_path / "predictions.csv").read_text().startswith("path,score")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--data", "/nonexistent/dir"], "/nonexistent/dir"),
+        (["test", "--model", "/nonexistent/m", "--data", "."], "no model at"),
+        (["train", "--data", ".", "--set", "oops"], "key=value"),
+    ],
+)
+def test_user_errors_are_one_clear_line(args, message):
+    proc = run(*args, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
