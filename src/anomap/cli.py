@@ -306,7 +306,7 @@ def predict(
                 score=row["score"],
                 decision=row["anomalous"],
             )
-            target = out / f"{path.stem}_overlay.png"
+            target = out / f"{i:04d}_{path.stem}_overlay.png"  # names repeat across folders
             save_png_atomic(picture, target)
             row["overlay"] = str(target)
         rows.append(row)
@@ -317,7 +317,7 @@ def predict(
     write_text_atomic(buffer.getvalue(), out / "predictions.csv")
     write_text_atomic(json.dumps(rows, indent=2), out / "predictions.json")
     lines = [
-        f"{Path(r['path']).name}: score {r['score']:.4f}"
+        f"{Path(r['path']).parent.name}/{Path(r['path']).name}: score {r['score']:.4f}"
         + ("" if r["anomalous"] is None else (" ANOMALOUS" if r["anomalous"] else " normal"))
         for r in rows
     ]
