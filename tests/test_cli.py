@@ -110,3 +110,24 @@ def test_user_errors_are_one_clear_line(args, message):
     proc = run(*args, check=False)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unified_model_serves_every_category(synth_root, tmp_path):
+    run(
+        "train",
+        "--data",
+        synth_root,
+        "--out",
+        tmp_path,
+        "--unified",
+        "--quiet",
+        "--set",
+        "resize=96",
+        "--set",
+        "crop=96",
+    )
+    assert (tmp_path / "model.safetensors").is_file()
+    proc = run(
+        "test", "--model", tmp_path, "--data", synth_root, "--json", "--quiet", "--overlays", "0"
+    )
+    assert set(json.loads(proc.stdout)["categories"]) == {p.name for p in synth_root.iterdir()}

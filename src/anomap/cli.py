@@ -96,6 +96,9 @@ def train(
     weights: Path = typer.Option(None, help="Local backbone weights (safetensors or state dict)."),
     download: bool = typer.Option(False, "--download", help="Allow downloading backbone weights."),
     val: Path = typer.Option(None, help="Folder of normal images to calibrate the threshold."),
+    unified: bool = typer.Option(
+        False, "--unified", help="One model for all selected categories together."
+    ),
     settings: list[str] = typer.Option(
         None, "--set", help="Method setting key=value, e.g. coreset_ratio=0.05."
     ),
@@ -104,10 +107,11 @@ def train(
     quiet: bool = Quiet,
     as_json: bool = AsJson,
 ) -> None:
-    """Train one model per category on its good images.
+    """Train one model per category on its good images (or one for all with --unified).
 
     Examples:
       anomap train --data mvtec_ad --category bottle --out runs/bottle
+      anomap train --data mvtec_ad --unified --out runs/mvtec_unified
       anomap train --data ./good_parts --out runs/line3
       anomap train --data data/ball_screw --set coreset_ratio=0.05
     """
@@ -124,17 +128,17 @@ def train(
     if download:
         options["download"] = True
     detector_class = get_method(method)
+    groups = {"all": categories} if unified else {c.name: [c] for c in categories}
     summary = {}
-    for cat in categories:
+    for name, group in groups.items():
         start = time.perf_counter()
-        detector = detector_class(**options).fit(cat, val=val)
+        detector = detector_class(**options).fit(group, val=val)
         seconds = time.perf_counter() - start
-        path = detector.save(out / cat.name / MODEL_FILE)
-        summary[cat.name] = {"model": str(path), "train_images": len(cat.train), "seconds": seconds}
+        path = detector.save((out if unified else out / name) / MODEL_FILE)
+        images = sum(len(c.train) for c in group)
+        summary[name] = {"model": str(path), "train_images": images, "seconds": seconds}
         if not quiet and not as_json:
-            typer.echo(
-                f"{cat.name}: trained on {len(cat.train)} images in {seconds:.1f}s -> {path}"
-            )
+            typer.echo(f"{name}: trained on {images} images in {seconds:.1f}s -> {path}")
     _print(summary, as_json)
 
 
@@ -387,6 +391,7 @@ def demo(
         weights=None,
         download=False,
         val=None,
+        unified=False,
         settings=None,
         seed=0,
         device=device,
