@@ -66,6 +66,11 @@ def _resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(pil.resize(size, Image.BILINEAR))
 
 
+def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Binary mask to PIL (w, h) `size`."""
+    return _resize_map(mask.astype(np.float32), size) >= 0.5
+
+
 def _edge(region: np.ndarray) -> np.ndarray:
     return region & ~ndimage.binary_erosion(region, iterations=1, border_value=0)
 
@@ -89,8 +94,7 @@ def overlay(
     if threshold is not None:
         out[ndimage.binary_dilation(_edge(heat >= threshold))] = _THRESHOLD_COLOUR
     if mask is not None:
-        gt = _resize_map(mask.astype(np.float32), base.size) >= 0.5
-        out[_edge(gt)] = _MASK_COLOUR
+        out[_edge(_resize_mask(mask, base.size))] = _MASK_COLOUR
     return Image.fromarray(out)
 
 
@@ -117,7 +121,7 @@ def panel(
     base = _as_rgb(image)
     tiles = [base, overlay(base, anomaly_map, vmin=vmin, vmax=vmax, threshold=threshold)]
     if mask is not None:
-        gt = (_resize_map(mask.astype(np.float32), base.size) >= 0.5).astype(np.uint8) * 255
+        gt = _resize_mask(mask, base.size).astype(np.uint8) * 255
         tiles.append(Image.fromarray(gt).convert("RGB"))
     gap, caption = 4, 40
     width = max(320, sum(t.width for t in tiles) + gap * (len(tiles) - 1))
