@@ -60,23 +60,38 @@ def main() -> None:
     parser.add_argument("--coreset", type=float, nargs="+", default=[0.1, 0.01])
     parser.add_argument("--synth-dir", type=Path, default=Path("/tmp/anomap_bench_synth"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        default=["synth", "shared"],
+        choices=["synth", "shared"],
+        help="Re-run only these; the others keep their rows from the existing results file.",
+    )
     args = parser.parse_args()
 
-    generate(args.synth_dir)  # defaults: 256², 40 train, 12 good + 4 per defect type
-    datasets = {"synth": (args.synth_dir, {})}
-    if SHARED.is_dir():
+    command = "python benchmarks/accuracy_patchcore.py " + " ".join(
+        ["--coreset", *map(str, args.coreset), "--datasets", *args.datasets]
+    )
+    previous_file = args.out / "accuracy_patchcore.json"
+    previous = json.loads(previous_file.read_text()) if previous_file.is_file() else {}
+    results: dict = previous.get("results", {})
+    commands: dict = previous.get("commands", {})
+    datasets = {}
+    if "synth" in args.datasets:
+        generate(args.synth_dir)  # defaults: 256², 40 train, 12 good + 4 per defect type
+        datasets["synth"] = (args.synth_dir, {})
+    if "shared" in args.datasets and SHARED.is_dir():
         datasets["shared"] = (SHARED, REAL_PREPROCESS)
-    results: dict = {}
     for coreset in args.coreset:
         for name, (root, preprocess) in datasets.items():
             results.setdefault(f"coreset {coreset:g}", {})[name] = run(
                 name, root, coreset, preprocess
             )
+            commands[name] = command
 
     payload = {
         "benchmark": "PatchCore accuracy (EfficientNet-Lite0, ImageNet weights)",
-        "command": "python benchmarks/accuracy_patchcore.py "
-        + " ".join(["--coreset", *map(str, args.coreset)]),
+        "commands": commands,
         "protocol": {
             "synth": "anomap synth defaults (seed 0); resize 256, centre crop 224",
             "shared": "ball_screw: whole frame resized to 256×624, no crop",
@@ -90,7 +105,8 @@ def main() -> None:
     write_text_atomic(
         json.dumps(payload, indent=2, default=float), args.out / "accuracy_patchcore.json"
     )
-    sections = [f"# {payload['benchmark']}\n", f"Command: `{payload['command']}`\n"]
+    sections = [f"# {payload['benchmark']}\n"]
+    sections += [f"Command for {name}: `{cmd}`\n" for name, cmd in sorted(commands.items())]
     for variant, per_dataset in results.items():
         for name, rows in per_dataset.items():
             metrics = {c: {k: v for k, v in r.items() if k in COLUMNS} for c, r in rows.items()}
