@@ -131,3 +131,85 @@ def test_unified_model_serves_every_category(synth_root, tmp_path):
         "test", "--model", tmp_path, "--data", synth_root, "--json", "--quiet", "--overlays", "0"
     )
     assert set(json.loads(proc.stdout)["categories"]) == {p.name for p in synth_root.iterdir()}
+
+
+def test_pbas_trains_on_a_plain_folder_and_resumes(synth_root, tmp_path):
+    """PBAS needs nothing but good images: a bare folder is enough."""
+    folder = synth_root / "pill" / "train" / "good"
+    common = ["--method", "pbas", "--data", folder, "--out", tmp_path, "--quiet", "--json"]
+    small = ["--set", "resize=64", "--set", "crop=64", "--set", "discriminator_hidden=32"]
+    first = json.loads(run("train", *common, *small, "--epochs", "1").stdout)
+    (name,) = first
+    assert (tmp_path / name / "checkpoint" / "checkpoint.safetensors").is_file()
+    resumed = json.loads(run("train", *common, *small, "--epochs", "2", "--resume").stdout)
+    assert (tmp_path / name / "model.safetensors").is_file() and resumed[name]["train_images"]
+    bad = run("train", *common, "--preset", "turbo", check=False)
+    assert bad.returncode == 2 and "preset" in bad.stderr
+
+
+def test_glass_oracle_selection_is_labelled(synth_root, tmp_path):
+    args = ["--data", synth_root, "--category", "pill", "--quiet"]
+    small = ["--set", "resize=64", "--set", "crop=64", "--set", "ascent_steps=2"]
+    run(
+        "train",
+        "--method",
+        "glass",
+        *args,
+        *small,
+        "--epochs",
+        "2",
+        "--select",
+        "oracle",
+        "--out",
+        tmp_path,
+    )
+    run("test", "--model", tmp_path, *args, "--out", tmp_path / "test")
+    metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())
+    assert metrics["training"]["pill"]["selection"] == "oracle"
+    assert "ORACLE" in (tmp_path / "test" / "metrics.md").read_text()
+    assert "procedural textures" in (tmp_path / "test" / "report.html").read_text()
+    bad = run(
+        "train",
+        "--method",
+        "patchcore",
+        *args,
+        "--select",
+        "oracle",
+        "--out",
+        tmp_path,
+        check=False,
+    )
+    assert bad.returncode == 2 and "no epochs" in bad.stderr
+
+
+def test_uniad_unified_over_all_categories(synth_root, tmp_path):
+    small = ["--set", "resize=[64,64]", "--set", "hidden_dim=32", "--set", "heads=4"]
+    small += ["--set", "encoder_layers=1", "--set", "decoder_layers=1", "--set", "neighbor_size=3"]
+    summary = json.loads(
+        run(
+            "train",
+            "--method",
+            "uniad",
+            "--data",
+            synth_root,
+            "--categories",
+            "all",
+            "--epochs",
+            "1",
+            "--out",
+            tmp_path,
+            "--quiet",
+            "--json",
+            *small,
+        ).stdout
+    )
+    assert list(summary) == ["all"] and (tmp_path / "model.safetensors").is_file()
+    run("test", "--model", tmp_path, "--data", synth_root, "--quiet")
+    metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())
+    assert sorted(metrics["categories"]) == sorted(p.name for p in synth_root.iterdir())
+
+    import anomap
+
+    model = anomap.load(tmp_path / "model.safetensors")
+    assert sorted(model.category_calibration) == sorted(metrics["categories"])
+    assert sorted(model.categories) == sorted(metrics["categories"])

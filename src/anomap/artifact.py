@@ -103,7 +103,11 @@ def save_detector(detector: Any, path: Path) -> Path:
         },
         "preprocess": detector.preprocess.to_dict(),
         "calibration": cal.to_dict() if cal else None,
+        "category_calibration": {
+            name: c.to_dict() for name, c in detector.category_calibration.items()
+        },
         "categories": list(detector.categories),
+        "training": detector.training_info,
     }
     return write_artifact(path, detector.state_tensors(), meta)
 
@@ -131,6 +135,10 @@ def load(path: str | Path, *, weights: str | None = None, device: str | None = N
         )
     detector.load_state_tensors(tensors)
     detector.categories = list(meta.get("categories", []))
+    detector.training_info = dict(meta.get("training", {}))
     if meta.get("calibration"):
         detector.calibration = Calibration.from_dict(meta["calibration"])
+    detector.category_calibration = {
+        name: Calibration.from_dict(c) for name, c in meta.get("category_calibration", {}).items()
+    }
     return detector

@@ -87,7 +87,9 @@ def train(
     out: Path = typer.Option(
         Path("runs/model"), "--out", "-o", help="Run folder to write models into."
     ),
-    method: str = typer.Option("patchcore", help="Method: patchcore."),
+    method: str = typer.Option(
+        "patchcore", help="Method: patchcore, pbas, glass (one model per category) or uniad."
+    ),
     category: list[str] = typer.Option(
         None, "--category", "-c", help="Only these categories (repeatable)."
     ),
@@ -99,8 +101,28 @@ def train(
     unified: bool = typer.Option(
         False, "--unified", help="One model for all selected categories together."
     ),
+    categories: str = typer.Option(
+        None,
+        "--categories",
+        help="One unified model for these categories: all, or a comma-separated list.",
+    ),
     settings: list[str] = typer.Option(
         None, "--set", help="Method setting key=value, e.g. coreset_ratio=0.05."
+    ),
+    epochs: int = typer.Option(None, help="Training epochs (pbas, glass, uniad)."),
+    preset: str = typer.Option(
+        None, help="paper (the reference procedure) or fast (cached features; pbas, glass)."
+    ),
+    textures: Path = typer.Option(
+        None, help="GLASS: folder of texture images (DTD) for local anomaly synthesis."
+    ),
+    select: str = typer.Option(
+        "last",
+        help="Epoch kept: last (deployable) or oracle (best on the test set, as the papers "
+        "report; labelled oracle in every output).",
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue an interrupted training from its checkpoint."
     ),
     seed: int = Seed,
     device: str = Device,
@@ -111,34 +133,71 @@ def train(
 
     Examples:
       anomap train --data mvtec_ad --category bottle --out runs/bottle
-      anomap train --data mvtec_ad --unified --out runs/mvtec_unified
+      anomap train --data mvtec_ad --categories all --out runs/mvtec_unified
+      anomap train --method uniad --data mvtec_ad --categories bottle,cable,screw
       anomap train --data ./good_parts --out runs/line3
       anomap train --data data/ball_screw --set coreset_ratio=0.05
+      anomap train --method pbas --data ./good_parts --epochs 100 --out runs/pbas
+      anomap train --method glass --data mvtec_ad -c screw --textures dtd/images --resume
     """
     import time
+    from dataclasses import fields
 
     from anomap.data.layouts import discover
     from anomap.methods import get_method
+    from anomap.selection import OracleSelection
 
     _setup(quiet)
+    if select not in ("last", "oracle"):
+        raise AnomapError(f"--select must be last or oracle, got {select!r}")
     options = dict(_parse_settings(settings or []), backbone=backbone, seed=seed, device=device)
-    categories = discover(data, layout=layout, categories=category or None)
-    if weights is not None:
-        options["weights"] = str(weights)
+    extra = {"epochs": epochs, "preset": preset, "weights": weights, "textures": textures}
+    options.update({k: v if isinstance(v, int) else str(v) for k, v in extra.items() if v})
     if download:
         options["download"] = True
     detector_class = get_method(method)
-    groups = {"all": categories} if unified else {c.name: [c] for c in categories}
+    accepted = {f.name for f in fields(detector_class.Config)}
+    unknown = sorted(
+        k for k in ("epochs", "preset", "textures") if k in options and k not in accepted
+    )
+    if unknown:
+        raise AnomapError(f"{method} has no setting {', '.join(unknown)}")
+    if categories:
+        if category:
+            raise AnomapError("use either --category (one model each) or --categories (unified)")
+        unified = True
+        if categories != "all":
+            category = [c.strip() for c in categories.split(",") if c.strip()]
+    found = discover(data, layout=layout, categories=category or None)
+    groups = {"all": found} if unified else {c.name: [c] for c in found}
     summary = {}
     for name, group in groups.items():
+        folder = out if unified else out / name
+        if "checkpoint_dir" in accepted:
+            options.update(checkpoint_dir=str(folder / "checkpoint"), resume=resume)
+        elif resume:
+            raise AnomapError(f"{method} trains in one pass; there is nothing to resume")
+        oracle = None
+        if select == "oracle" and "epochs" not in accepted:
+            raise AnomapError(f"{method} has no epochs to select from; use --select last")
+        if select == "oracle":
+            oracle = OracleSelection([s for c in group for s in c.test])
         start = time.perf_counter()
-        detector = detector_class(**options).fit(group, val=val)
+        detector = detector_class(**options).fit(group, val=val, select=oracle)
         seconds = time.perf_counter() - start
-        path = detector.save((out if unified else out / name) / MODEL_FILE)
+        path = detector.save(folder / MODEL_FILE)
         images = sum(len(c.train) for c in group)
-        summary[name] = {"model": str(path), "train_images": images, "seconds": seconds}
+        summary[name] = {
+            "model": str(path),
+            "train_images": images,
+            "seconds": seconds,
+            **detector.training_info,
+        }
         if not quiet and not as_json:
-            typer.echo(f"{name}: trained on {images} images in {seconds:.1f}s -> {path}")
+            note = ""
+            if oracle is not None:
+                note = f" (oracle: epoch {detector.training_info.get('selected_epoch')} kept)"
+            typer.echo(f"{name}: trained on {images} images in {seconds:.1f}s -> {path}{note}")
     _print(summary, as_json)
 
 
@@ -176,9 +235,11 @@ def test(
     files = _model_files(model)
     out = out or (model if model.is_dir() else model.parent) / "test"
     results = {}
+    training = {}
     detector = None
     for cat in discover(data, layout=layout, categories=category or None):
         detector = load(_pick_model(files, cat.name), weights=weights, device=device)
+        training[cat.name] = detector.training_info
         results[cat.name] = evaluate_category(
             detector, cat, pro_variant=pro, overlay_dir=out / "overlays", max_overlays=overlays
         )
@@ -188,6 +249,7 @@ def test(
         "image_f1_max and pixel_f1_max pick their threshold on the test set (oracle).",
         "threshold_* use the threshold learnt from normal images only.",
     ]
+    notes += _training_notes(training)
     table = metrics_table_markdown(metrics, columns, notes=notes)
     out.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -196,6 +258,7 @@ def test(
         "method": detector.method,
         "backbone": detector.config.backbone,
         "pro_variant": pro,
+        "training": training,
         "categories": {
             name: dict(r.metrics, seconds_per_image=r.seconds_per_image)
             for name, r in results.items()
@@ -220,6 +283,7 @@ def test(
         metrics=metrics,
         columns=columns,
         images=images,
+        notes=notes,
     )
     _print(
         payload,
@@ -228,6 +292,22 @@ def test(
         if quiet
         else f"{table}\nwrote {out}/metrics.json, {out}/metrics.md, {out}/report.html",
     )
+
+
+def _training_notes(training: dict[str, dict[str, Any]]) -> list[str]:
+    """Lines that must sit next to the numbers: oracle epoch choice, non-faithful parts."""
+    notes = []
+    oracle = {c: i["selected_epoch"] for c, i in training.items() if i.get("selection") == "oracle"}
+    if oracle:
+        epochs = ", ".join(f"{c}: {e}" for c, e in oracle.items())
+        notes.append(
+            f"ORACLE: the epoch was chosen on this test set, as the papers do ({epochs}); "
+            "these numbers overstate what a deployed model achieves."
+        )
+    for key in ("non_faithful", "resize_exception"):
+        for value in sorted({str(i[key]) for i in training.values() if i.get(key)}):
+            notes.append(f"{key.replace('_', ' ')}: {value}")
+    return notes
 
 
 _TABLE_COLUMNS = (
@@ -287,8 +367,8 @@ def predict(
     if not paths:
         raise AnomapError("no images found in the given inputs")
     detector = load(_pick_model(_model_files(model), category), weights=weights, device=device)
-    result = detector.predict(paths)
-    cal = detector.calibration
+    result = detector.predict(paths, category=category or None)
+    cal = detector.calibration_for(category or None)
     rows = []
     out.mkdir(parents=True, exist_ok=True)
     for i, path in enumerate(paths):

@@ -17,3 +17,7 @@ class WeightsError(AnomapError):
 
 class ArtifactError(AnomapError):
     """A saved model is truncated, tampered with, or from an incompatible version."""
+
+
+class ConfigError(AnomapError, ValueError):
+    """A method setting is out of range (a ValueError too, as scikit-learn raises)."""

@@ -83,8 +83,9 @@ def evaluate_category(
         pro_variant=pro_variant,
     )
     decisions = None
-    if detector.calibration is not None:
-        decisions = detector.calibration.decide(score_array)
+    cal = detector.calibration_for(category.name)
+    if cal is not None:
+        decisions = cal.decide(score_array)
         metrics.update(_decision_metrics(labels, decisions))
     result = CategoryResult(
         category=category.name,
@@ -108,7 +109,7 @@ def _write_panels(detector, category, scores, maps, decisions, out_dir, limit) -
     from anomap.report import panel, save_png_atomic
 
     pre = detector.preprocess
-    cal = detector.calibration
+    cal = detector.calibration_for(category.name)
     vmin, vmax = cal.pixel_range if cal else (float(maps.min()), float(maps.max()))
     order = np.argsort(-scores)
     defective = [i for i in order if category.test[i].label == 1][: (limit + 1) // 2]

@@ -53,7 +53,11 @@ class Preprocess:
 
     def image(self, image: Image.Image) -> torch.Tensor:
         """RGB PIL image -> normalised float tensor 3×H×W."""
-        arr = np.asarray(self.geometry(image), dtype=np.float32) / 255.0
+        return self.normalize(self.geometry(image))
+
+    def normalize(self, image: Image.Image) -> torch.Tensor:
+        """RGB PIL image already at its final size -> normalised float tensor 3×H×W."""
+        arr = np.asarray(image, dtype=np.float32) / 255.0
         tensor = torch.from_numpy(arr).permute(2, 0, 1)
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)

@@ -8,6 +8,9 @@ from anomap.errors import AnomapError
 
 METHODS: dict[str, str] = {
     "patchcore": "anomap.methods.patchcore:PatchCore",
+    "pbas": "anomap.methods.pbas:PBAS",
+    "glass": "anomap.methods.glass:GLASS",
+    "uniad": "anomap.methods.uniad:UniAD",
 }
 
 

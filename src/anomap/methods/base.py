@@ -20,7 +20,7 @@ from PIL import Image
 from anomap.backbones import DEFAULT_BACKBONE, FeatureExtractor, load_backbone
 from anomap.data.samples import Category, Sample
 from anomap.data.transforms import Preprocess
-from anomap.errors import AnomapError, DataError
+from anomap.errors import AnomapError, ConfigError, DataError
 from anomap.postprocess import Calibration, calibrate, gaussian_blur, upsample
 from anomap.progress import track
 
@@ -76,7 +76,7 @@ class DetectorConfig:
 
 def _check(condition: bool, message: str) -> None:
     if not condition:
-        raise ValueError(message)
+        raise ConfigError(message)
 
 
 @dataclass
@@ -128,7 +128,14 @@ class Detector:
     def __init__(self, **settings: Any) -> None:
         self.config = self.Config(**settings)
         self.calibration: Calibration | None = None
+        # per-category thresholds of a unified model, where the category is known
+        self.category_calibration: dict[str, Calibration] = {}
         self.categories: list[str] = []
+        # how the model was made, saved with it and shown next to its numbers (e.g. the
+        # epoch-selection rule, or a non-faithful texture source)
+        self.training_info: dict[str, Any] = {}
+        # called as callback(detector, epoch, losses) after every epoch by trained methods
+        self.epoch_end_callbacks: list[Any] = []
         self._backbone: FeatureExtractor | None = None
         self._device = resolve_device(self.config.device)
 
@@ -201,9 +208,11 @@ class Detector:
         for batch in track(loader, description, total=len(loader)):
             yield batch["image"].to(self._device)
 
-    def fit(self, data: Any, *, val: Any = None) -> Detector:
+    def fit(self, data: Any, *, val: Any = None, select: Any = None) -> Detector:
         """Learn from normal images. A slice of them (`val_fraction`), or `val` when given,
-        is held out to calibrate the decision threshold without any anomalous image."""
+        is held out to calibrate the decision threshold without any anomalous image.
+        `select` (e.g. `anomap.selection.OracleSelection`) sees every epoch of a trained
+        method and restores the epoch it prefers before calibration."""
         samples, categories = train_samples(data)
         if not samples:
             raise DataError("no training images")
@@ -213,12 +222,38 @@ class Detector:
 
         validate_samples(train + held_out, check_masks=False)
         self.categories = categories
-        self._fit(train)
-        self.calibration = None
+        if select is not None:
+            self.epoch_end_callbacks.append(select)
+        try:
+            self._fit(train)
+        finally:
+            if select is not None:
+                self.epoch_end_callbacks.remove(select)
+        if select is not None:
+            select.restore(self)
+        self.calibration, self.category_calibration = None, {}
         if held_out:
-            result = self.predict(held_out)
-            self.calibration = calibrate(result.scores, result.maps, self.config.threshold_quantile)
+            self._calibrate(held_out)
         return self
+
+    def _calibrate(self, held_out: list[Sample]) -> None:
+        """A global threshold, plus one per category for a model of several categories
+        (their score scales differ) from that category's held-out images."""
+        result = self.predict(held_out)
+        quantile = self.config.threshold_quantile
+        self.calibration = calibrate(result.scores, result.maps, quantile)
+        if len(self.categories) < 2:
+            return
+        for name in self.categories:
+            rows = [i for i, s in enumerate(held_out) if s.category == name]
+            if rows:
+                cal = calibrate(result.scores[rows], result.maps[rows], quantile)
+                self.category_calibration[name] = cal
+
+    def calibration_for(self, category: str | None) -> Calibration | None:
+        """The threshold for images of `category`: its own when this model has one, else
+        the global one."""
+        return self.category_calibration.get(category or "", self.calibration)
 
     def _tensor_batches(self, images: Any) -> Iterator[torch.Tensor]:
         if isinstance(images, torch.Tensor):
@@ -245,8 +280,9 @@ class Detector:
         maps = upsample(cells, tuple(images.shape[-2:]))
         return image_scores, gaussian_blur(maps, self.config.blur_sigma)
 
-    def predict(self, images: Any) -> Prediction:
-        """Score image paths, PIL images, uint8 arrays or a preprocessed tensor batch."""
+    def predict(self, images: Any, *, category: str | None = None) -> Prediction:
+        """Score image paths, PIL images, uint8 arrays or a preprocessed tensor batch;
+        `category` picks its own threshold in a model trained on several."""
         if not self.is_fitted:
             raise AnomapError(f"{type(self).__name__} is not fitted: call fit() first")
         scores, maps = [], []
@@ -256,7 +292,7 @@ class Detector:
             maps.append(batch_maps.float().cpu().numpy())
         score_array = np.concatenate(scores) if scores else np.zeros(0, np.float32)
         map_array = np.concatenate(maps) if maps else np.zeros((0, 0, 0), np.float32)
-        cal = self.calibration
+        cal = self.calibration_for(category)
         return Prediction(
             scores=score_array,
             maps=map_array,

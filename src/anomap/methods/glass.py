@@ -1,0 +1,423 @@
+"""GLASS (Chen et al., "A Unified Anomaly Synthesis Strategy with Gradient Ascent for
+Industrial Anomaly Detection and Localization", ECCV 2024; github.com/cqylunlun/GLASS), per
+METHODS.md §2.
+
+SimpleNet's adaptor P and sigmoid discriminator D (shared with PBAS in `simplenet_base`),
+trained on three branches per batch (§2.4.5):
+- normal: t = P(φ(x)), label 0;
+- GAS: g = t + N(0, 0.015²), 20 normalised gradient-ascent steps of 0.001 on BCE(D(g), 1),
+  truncated every 5 steps onto the shell [0.5, 1] around t (manifold) or [r, 2r] around the
+  per-epoch centre (hypersphere; r = 0.75-quantile distance to the centre); label 1. Only the
+  ascent increments are constants: the projections stay in the graph (pitfall 6). D runs 21
+  times in train mode on [t; g], as in the reference, so BatchNorm's statistics match;
+- LAS: a texture blended into the image inside a Perlin mask (restricted to the foreground),
+  embedded like x; cells inside the mask label 1, outside 0; hypersphere classes project the
+  in-mask cells onto [2r, 4r]; loss: focal (γ 2) on the hardest half (OHEM, p = 0.5).
+L = BCE(D(t), 0) + BCE(D(g), 1) + focal. P: Adam(1e-4, wd 1e-5), D: AdamW(2e-4); batch 8;
+640 epochs; an epoch stops once more than 392 images were seen. The centre is recomputed at
+the start of every epoch with the current P (§2.4.2). The manifold/hypersphere choice comes
+from the published per-class table (§2.4.4), else from the spectrum judge on the mean
+training image (square resize to the crop size).
+
+Deviations, all deliberate and named here (each run also records its own in `training_info`):
+- Default backbone EfficientNet-Lite0 with 152-d features, not WRN-50-2 with 1536-d (see
+  `simplenet_base`); pass `backbone="wide_resnet50_2", weights=FILE, layer_dim=1536,
+  target_dim=1536` for the paper's features.
+- Textures: `textures=DIR` (DTD) is faithful; without it a built-in procedural source is used
+  and the run is labelled non-faithful.
+- Foreground masks: `<data>/fg_mask/<class>/<file>` when present (faithful); MPDD classes use
+  none (the reference's fg = 0); otherwise texture classes use none and objects get an Otsu +
+  morphology mask, labelled non-faithful.
+- Preset "fast" (default): clean features are cached once, and LAS views come from a pool of
+  `las_pool` pre-computed views per image (a view is drawn at random each epoch) instead of a
+  fresh view every epoch. Preset "paper" recomputes everything every epoch, as the reference.
+- The last epoch is kept; the reference picks the best test-set epoch (`--select oracle`).
+- `fit` holds out `val_fraction` (10 %) of the training images to calibrate the threshold.
+- Random draws (texture, operations, Perlin scales and angles, β) come from a generator seeded
+  by (seed, epoch or view, image index), so runs and resumed runs are reproducible; the
+  reference uses global generators and imgaug's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from anomap.data.images import read_image, read_mask
+from anomap.data.samples import Sample
+from anomap.methods.base import _check
+from anomap.methods.simplenet_base import SynthesisConfig, SynthesisDetector, TrainingFeatures
+from anomap.progress import track
+from anomap.synthesis.distribution import (
+    HYPERSPHERE,
+    MANIFOLD,
+    PUBLISHED_HYPOTHESIS,
+    judge_hypothesis,
+    mean_training_image,
+    published_hypothesis,
+)
+from anomap.synthesis.foreground import (
+    TEXTURE_CLASSES,
+    foreground_mask,
+    load_foreground_masks,
+    looks_like_texture,
+)
+from anomap.synthesis.perlin import perlin_mask
+from anomap.synthesis.textures import (
+    DirectoryTextures,
+    ProceduralTextures,
+    augment_texture,
+    blend,
+    draw_blend_factor,
+)
+
+EPS = 1e-10
+LABEL_SMOOTHING = 1e-5
+FOREGROUND_MODES = ("auto", "files", "generated", "none")
+
+
+@dataclass
+class GLASSConfig(SynthesisConfig):
+    noise_std: float = 0.015
+    ascent_steps: int = 20
+    ascent_step_size: float = 0.001
+    projection_interval: int = 5
+    manifold_band: tuple[float, float] = (0.5, 1.0)
+    radius_quantile: float = 0.75
+    ohem_quantile: float = 0.5
+    focal_gamma: float = 2.0
+    sample_limit: int = 392
+    hypothesis: str = "auto"  # auto (published table, else judge), manifold, hypersphere
+    las: bool = True
+    textures: str | None = None
+    foreground: str = "auto"
+    las_pool: int = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.manifold_band = (float(self.manifold_band[0]), float(self.manifold_band[1]))
+        _check(self.noise_std >= 0, "noise_std must be >= 0")
+        _check(self.ascent_steps >= 0, "ascent_steps must be >= 0")
+        _check(self.projection_interval >= 1, "projection_interval must be >= 1")
+        _check(0 < self.manifold_band[0] <= self.manifold_band[1], "manifold_band: 0 < lo <= hi")
+        _check(0 < self.radius_quantile < 1, "radius_quantile must be in (0, 1)")
+        _check(0 <= self.ohem_quantile < 1, "ohem_quantile must be in [0, 1)")
+        _check(self.sample_limit >= 1, "sample_limit must be >= 1")
+        _check(
+            self.hypothesis in ("auto", MANIFOLD, HYPERSPHERE),
+            "hypothesis must be auto, manifold or hypersphere",
+        )
+        _check(self.foreground in FOREGROUND_MODES, f"foreground must be one of {FOREGROUND_MODES}")
+        _check(self.las_pool >= 1, "las_pool must be >= 1")
+
+
+# ---- the equations of §2.4.5, as functions of tensors -----------------------------------------
+def truncated_projection(
+    points: torch.Tensor,
+    anchors: torch.Tensor,
+    low: float | torch.Tensor,
+    high: float | torch.Tensor,
+) -> torch.Tensor:
+    """anchor + clamp(‖h‖, low, high)/(‖h‖ + 1e-10)·h with h = point − anchor, row-wise:
+    every point moved along its ray from the anchor into the shell [low, high]. Differentiable."""
+    offsets = points - anchors
+    norms = offsets.norm(dim=1, keepdim=True)
+    return anchors + offsets * (norms.clamp(low, high) / (norms + EPS))
+
+
+def ohem_focal_loss(
+    scores: torch.Tensor, targets: torch.Tensor, quantile: float, gamma: float
+) -> torch.Tensor:
+    """Focal loss (α 1, smoothed one-hot) on the rows whose squared error (s − m)² is at least
+    its `quantile`: the hardest part of the batch."""
+    scores, targets = scores.reshape(-1), targets.reshape(-1).to(scores.dtype)
+    errors = (scores - targets).detach() ** 2
+    keep = errors >= torch.quantile(errors, quantile)
+    s, m = scores[keep], targets[keep]
+    # p_t = Σ_k y_k q_k with q = (1 − s, s) and y the smoothed one-hot of m
+    high, low = 1 - LABEL_SMOOTHING, LABEL_SMOOTHING
+    p_target = torch.where(m > 0.5, high * s + low * (1 - s), high * (1 - s) + low * s)
+    p_target = p_target + LABEL_SMOOTHING
+    return (-((1 - p_target) ** gamma) * p_target.log()).mean()
+
+
+# ---- LAS views ---------------------------------------------------------------------------------
+@dataclass
+class LASView:
+    """One training image as (clean x, augmented x_aug, grid mask M_s) tensors."""
+
+    clean: torch.Tensor
+    augmented: torch.Tensor
+    cells: torch.Tensor
+
+
+class LocalSynthesis:
+    """Makes LAS views (§2.4.3) of training images with the detector's preprocessing: texture
+    → 3 random operations → blend inside a Perlin mask restricted to the foreground."""
+
+    def __init__(self, detector: GLASS, samples: list[Sample], grid: tuple[int, int]) -> None:
+        cfg = detector.config
+        self.detector = detector
+        self.samples = samples
+        self.grid = grid
+        self.textures = DirectoryTextures(cfg.textures) if cfg.textures else ProceduralTextures()
+        self.foreground_mode = detector._foreground_mode(samples)
+        self.mask_files = [load_foreground_masks(None, s.category, [s.path])[0] for s in samples]
+        self._foregrounds: dict[int, np.ndarray | None] = {}
+
+    def _foreground(self, index: int, image: np.ndarray) -> np.ndarray | None:
+        if index not in self._foregrounds:
+            mode, pre = self.foreground_mode, self.detector.preprocess
+            mask = None
+            if mode == "files":
+                source = self.mask_files[index]
+                if source is not None:
+                    size = read_image(self.samples[index].path).size
+                    mask = pre.mask(read_mask(source, expected_size=size))[0].numpy() > 0
+            elif mode == "generated":
+                mask = foreground_mask(image)
+            self._foregrounds[index] = mask
+        return self._foregrounds[index]
+
+    def view(self, index: int, key: tuple[int, int]) -> LASView:
+        """The LAS view of image `index` drawn from the generator seeded by (seed, *key,
+        index): key (0, epoch) for "paper" runs, (1, view) for the "fast" pool."""
+        cfg, pre = self.detector.config, self.detector.preprocess
+        rng = np.random.default_rng([cfg.seed, *key, index])
+        pil = pre.geometry(read_image(self.samples[index].path))
+        image = np.asarray(pil)
+        height, width = image.shape[:2]
+        texture_source = self.textures.draw(rng)
+        texture = pre.normalize(augment_texture(texture_source, (height, width), rng))
+        pixels, cells = perlin_mask(
+            (height, width), rng, grid=self.grid, foreground=self._foreground(index, image)
+        )
+        clean = pre.normalize(pil)
+        augmented = blend(clean, texture, torch.from_numpy(pixels), draw_blend_factor(rng))
+        return LASView(clean, augmented, torch.from_numpy(cells).flatten())
+
+
+class GLASSFeatures(TrainingFeatures):
+    """Batches of (φ(x), φ(x_aug), M_s) for GLASS, B×cells×D twice and B×cells.
+
+    "paper": fresh LAS views every epoch, everything embedded again. "fast": φ(x) cached, and
+    `las_pool` views per image embedded once; each epoch draws one view per image."""
+
+    def __init__(self, detector: GLASS, samples: list[Sample], cache: bool) -> None:
+        super().__init__(detector, samples, cache)
+        self.synthesis = (
+            LocalSynthesis(detector, samples, detector._grid()) if detector.config.las else None
+        )
+        self.pool: tuple[torch.Tensor, torch.Tensor] | None = None
+        if cache and self.synthesis is not None:
+            self.pool = self._compute_pool()
+        self.epoch = 0
+
+    @torch.no_grad()
+    def _compute_pool(self) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.detector.config
+        count, cells, dim = self.cache.shape
+        features = torch.empty((cfg.las_pool, count, cells, dim), dtype=torch.float16)
+        masks = torch.empty((cfg.las_pool, count, cells), dtype=torch.uint8)
+        jobs = [(v, i) for v in range(cfg.las_pool) for i in range(count)]
+        size = cfg.batch_size
+        for start in track(
+            range(0, len(jobs), size), "synthesising LAS views", total=-(-len(jobs) // size)
+        ):
+            chunk = jobs[start : start + size]
+            views = [self.synthesis.view(i, (1, v)) for v, i in chunk]
+            embedded = self.detector._embed_cells(
+                torch.stack([v.augmented for v in views]).to(self.detector._device)
+            )
+            for (v, i), view, row in zip(chunk, views, embedded, strict=True):
+                features[v, i] = row.to(torch.float16).cpu()
+                masks[v, i] = view.cells.to(torch.uint8)
+        return features, masks
+
+    def clean_batches(self, description: str) -> Iterator[torch.Tensor]:
+        """φ(x) of every training image once, unshuffled (for the per-epoch centre)."""
+        yield from super().batches(description, shuffle=False)
+
+    def batches(self, description: str, *, shuffle: bool = True) -> Iterator[Any]:
+        """One epoch of (φ(x), φ(x_aug) or None, M_s or None) batches, stopping once more
+        than `sample_limit` images were seen (§2.4.5 step 7)."""
+        detector, cfg = self.detector, self.detector.config
+        count = len(self.samples)
+        order = torch.randperm(count) if shuffle else torch.arange(count)
+        if self.pool is not None:
+            variants = torch.randint(cfg.las_pool, (count,))
+        seen = 0
+        starts = list(range(0, count, cfg.batch_size))
+        for start in track(starts, description, total=len(starts)):
+            index = order[start : start + cfg.batch_size]
+            if self.cache is not None:
+                clean = self.cache[index.to(self.cache.device)].float()
+            if self.synthesis is None:
+                augmented = cells = None
+                if self.cache is None:
+                    clean = detector._embed_cells(self._images(index))
+            elif self.pool is not None:
+                pick = variants[index]
+                augmented = self.pool[0][pick, index].to(detector._device).float()
+                cells = self.pool[1][pick, index].to(detector._device).float()
+            else:
+                views = [self.synthesis.view(int(i), (0, self.epoch)) for i in index]
+                images = torch.stack([v.clean for v in views] + [v.augmented for v in views])
+                embedded = detector._embed_cells(images.to(detector._device))
+                clean, augmented = embedded.split(len(views))
+                cells = torch.stack([v.cells for v in views]).to(detector._device)
+            yield clean, augmented, cells
+            seen += len(index)
+            if seen > cfg.sample_limit:
+                break
+
+    def _images(self, index: torch.Tensor) -> torch.Tensor:
+        pre = self.detector.preprocess
+        images = [pre.image(read_image(self.samples[int(i)].path)) for i in index]
+        return torch.stack(images).to(self.detector._device)
+
+
+class GLASS(SynthesisDetector):
+    """Global and local anomaly co-synthesis; see the module docstring."""
+
+    method = "glass"
+    Config = GLASSConfig
+    config: GLASSConfig
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        self.centres: torch.Tensor | None = None
+        self.hypersphere = False
+
+    # ---- decisions made once per training run ---------------------------------------------------
+    def _grid(self) -> tuple[int, int]:
+        height, width = self.preprocess.output_size
+        with torch.no_grad():
+            probe = self._embed(torch.zeros(1, 3, height, width, device=self._device))
+        return tuple(probe.shape[-2:])
+
+    def _foreground_mode(self, samples: list[Sample]) -> str:
+        """Where LAS masks may go: "files" (the authors' fg_mask folder, faithful), "none" (all
+        pixels; faithful for MPDD, whose reference runs use fg = 0) or "generated"."""
+        mode, names = self.config.foreground, set(self.categories)
+        mpdd = bool(names) and names <= set(PUBLISHED_HYPOTHESIS["mpdd"])
+        if mode == "auto":
+            if load_foreground_masks(None, samples[0].category, [samples[0].path])[0]:
+                mode = "files"
+            elif mpdd or names & set().union(*TEXTURE_CLASSES.values()):
+                mode = "none"
+            else:
+                preview = [np.asarray(read_image(s.path).resize((128, 128))) for s in samples[:16]]
+                mode = "none" if looks_like_texture(preview) else "generated"
+        self.training_info["foreground"] = mode
+        if mode == "generated" or (mode == "none" and not mpdd):
+            self._non_faithful(f"foreground masks: {mode} instead of the authors' fg_mask files")
+        return mode
+
+    def _choose_hypothesis(self, train: list[Sample]) -> None:
+        cfg = self.config
+        if cfg.hypothesis != "auto":
+            choice, source = cfg.hypothesis, "forced by the hypothesis setting"
+        else:
+            published = {published_hypothesis(None, name) for name in self.categories}
+            if len(published) == 1 and None not in published:
+                choice, source = published.pop(), "published per-class table"
+            else:
+                size = self.preprocess.output_size
+                images = (np.asarray(read_image(s.path).resize(size[::-1])) for s in train)
+                result = judge_hypothesis(mean_training_image(images))
+                choice = result.hypothesis
+                source = (
+                    f"spectrum judge (n={result.n}, radius={result.radius:.1f}, "
+                    f"l1={result.l1_density:.3f}, l2={result.l2_density:.3f})"
+                )
+        self.hypersphere = choice == HYPERSPHERE
+        self.training_info.update(hypothesis=choice, hypothesis_source=source)
+
+    def _non_faithful(self, what: str) -> None:
+        notes = [n for n in self.training_info.get("non_faithful", "").split("; ") if n]
+        if what not in notes:
+            self.training_info["non_faithful"] = "; ".join([*notes, what])
+
+    # ---- training hooks -------------------------------------------------------------------------
+    def _training_features(self, train: list[Sample]) -> TrainingFeatures:
+        cfg = self.config
+        self._choose_hypothesis(train)
+        if cfg.las and not cfg.textures:
+            self._non_faithful(ProceduralTextures.description)
+        if not cfg.las:
+            self._non_faithful("LAS off (GAS only)")
+        return GLASSFeatures(self, train, cache=cfg.preset == "fast")
+
+    @torch.no_grad()
+    def _start_epoch(self, features: TrainingFeatures, epoch: int) -> None:
+        """c: the mean of per-batch means of P(φ(x)) over the training set (§2.4.2)."""
+        assert isinstance(features, GLASSFeatures)
+        features.epoch = epoch
+        means = [self.adaptor(batch).mean(dim=0) for batch in features.clean_batches("centre")]
+        self.centres = torch.stack(means).mean(dim=0)
+
+    def _losses(self, batch: Any) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        clean, augmented, cells = batch
+        dim = clean.shape[-1]
+        true_features = self.adaptor(clean.reshape(-1, dim))
+        centres = self.centres.repeat(len(clean), 1)
+        fake = mask = None
+        if augmented is not None:
+            fake = self.adaptor(augmented.reshape(-1, dim))
+            mask = cells.reshape(-1)
+        radius = self._radius(true_features, fake, mask, centres)
+        terms = self._gas_losses(true_features, centres, radius)
+        if fake is not None:
+            if self.hypersphere:
+                inside = (mask > 0.5)[:, None]
+                projected = truncated_projection(fake, centres, 2 * radius, 4 * radius)
+                fake = torch.where(inside, projected, fake)
+            scores = self.discriminator(fake)
+            terms["focal"] = ohem_focal_loss(scores, mask, cfg.ohem_quantile, cfg.focal_gamma)
+        return terms
+
+    @torch.no_grad()
+    def _radius(
+        self,
+        true_features: torch.Tensor,
+        fake: torch.Tensor | None,
+        mask: torch.Tensor | None,
+        centres: torch.Tensor,
+    ) -> torch.Tensor:
+        """r_t: the 0.75-quantile distance to the centre over the normal rows of both views."""
+        distances = [(true_features - centres).norm(dim=1)]
+        if fake is not None:
+            outside = mask < 0.5
+            distances.append((fake[outside] - centres[outside]).norm(dim=1))
+        return torch.quantile(torch.cat(distances), self.config.radius_quantile)
+
+    def _gas_losses(
+        self, true_features: torch.Tensor, centres: torch.Tensor, radius: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Global anomaly synthesis and the two BCE terms, the last of 21 D passes (§2.4.5)."""
+        cfg = self.config
+        count = len(true_features)
+        synthetic = true_features + cfg.noise_std * torch.randn_like(true_features)
+        for step in range(cfg.ascent_steps + 1):
+            scores = self.discriminator(torch.cat([true_features, synthetic]))
+            normal_loss = F.binary_cross_entropy(scores[:count], torch.zeros_like(scores[:count]))
+            synthetic_loss = F.binary_cross_entropy(scores[count:], torch.ones_like(scores[count:]))
+            if step == cfg.ascent_steps:
+                break
+            (gradient,) = torch.autograd.grad(synthetic_loss, [synthetic])
+            gradient = gradient / (gradient.norm(dim=1, keepdim=True) + EPS)
+            synthetic = synthetic + cfg.ascent_step_size * gradient
+            if (step + 1) % cfg.projection_interval == 0:
+                if self.hypersphere:
+                    synthetic = truncated_projection(synthetic, centres, radius, 2 * radius)
+                else:
+                    low, high = cfg.manifold_band
+                    synthetic = truncated_projection(synthetic, true_features, low, high)
+        return {"normal": normal_loss, "gas": synthetic_loss}

@@ -1,0 +1,450 @@
+"""What the SimpleNet family (SimpleNet, GLASS, PBAS; METHODS.md §1–§3) shares, once.
+
+All three train a linear adaptor P and an MLP discriminator D on frozen, locally aware patch
+features φ(x), and score a cell as D(P(φ(x))). They differ only in how anomalous features are
+synthesised and in the loss, so a method here supplies `_losses` (and optionally the hooks
+`_initialise`, `_start_epoch`, `_method_tensors`); this base owns the feature embedding, the
+modules and optimisers, the epoch loop, inference, saving, and resumable checkpoints.
+
+Presets (`preset`):
+- "paper": every epoch reads, decodes and embeds the training images again, as the reference
+  code does. Needed by methods whose image-level augmentation changes every epoch (GLASS).
+- "fast" (default): the backbone is frozen, so φ(x) of every training image is computed once
+  and kept in memory on the training device (float32, or float16 when float32 would exceed
+  2 GiB), and each epoch trains P and D from that cache. For a method without image-level
+  augmentation (PBAS) this is the same algorithm; runs differ from "paper" runs only in
+  float rounding and in the shuffled order the RNG draws, not in what is computed.
+
+Feature dimensions: the paper pools WRN-50-2's 512 + 1024 channels to 1536/1536 (each
+dimension averages 6 or 12 neighbourhood values). With the default EfficientNet-Lite0
+(40 + 112 channels) the defaults `layer_dim=None, target_dim=None` keep each channel's 3×3
+neighbourhood mean, 152 dimensions, each averaging 9 values: the same degree of pooling, and
+pooling 360/1008 neighbourhood values up to 1536 would only repeat them.
+
+Model selection keeps the last epoch; `fit(..., select=OracleSelection(test))` reproduces the
+papers' test-set selection (see `anomap.selection`), and the model is labelled with it.
+
+Preprocessing follows §2.2: shorter side to 288, centre crop 288, except 329 → 288 when every
+training category is MVTec's toothbrush or wood, as the reference loaders do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anomap.data.samples import Sample
+from anomap.errors import AnomapError
+from anomap.features import PatchAggregator, patch_rows
+from anomap.methods.base import Detector, DetectorConfig, _check
+from anomap.progress import track
+
+ADAPTOR_WEIGHT_DECAY = 1e-5  # Adam, as in GLASS/PBAS
+DISCRIMINATOR_WEIGHT_DECAY = 0.01  # AdamW's default, as in GLASS/PBAS
+CACHE_FLOAT32_LIMIT = 2 << 30  # bytes; a larger feature cache is kept as float16
+PAPER_SIZE = 288
+# the reference code resizes MVTec toothbrush and wood to 329 before the 288 crop (§2.2, §3.2)
+LARGER_RESIZE_CLASSES = frozenset({"toothbrush", "wood"})
+LARGER_RESIZE = 329
+CHECKPOINT_FILE = "checkpoint.safetensors"
+CHECKPOINT_KIND = "anomap-training-checkpoint"
+# settings that may change between a checkpoint and the run resuming from it
+RESUMABLE_CHANGES = frozenset({"epochs", "checkpoint_dir", "checkpoint_every", "resume", "device"})
+
+
+class Adaptor(nn.Linear):
+    """P: one Linear D→D with bias, Xavier-normal weight, PyTorch's default bias (§1.3)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim, dim)
+        nn.init.xavier_normal_(self.weight)
+
+
+class Discriminator(nn.Module):
+    """D: Linear(D→hidden) → BatchNorm1d → LeakyReLU(0.2) → Linear(hidden→1, no bias) →
+    Sigmoid (§2.3); Xavier-normal Linear weights. Output: anomaly probability per row."""
+
+    def __init__(self, dim: int, hidden: int = 1024) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(dim, hidden)
+        self.norm = nn.BatchNorm1d(hidden)
+        self.head = nn.Linear(hidden, 1, bias=False)
+        for linear in (self.hidden, self.head):
+            nn.init.xavier_normal_(linear.weight)
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        hidden = F.leaky_relu(self.norm(self.hidden(rows)), 0.2)
+        return torch.sigmoid(self.head(hidden))
+
+
+@dataclass
+class SynthesisConfig(DetectorConfig):
+    resize: int | tuple[int, int] = 288
+    crop: int | None = 288
+    preset: str = "fast"
+    epochs: int = 640
+    layer_dim: int | None = None
+    target_dim: int | None = None
+    discriminator_hidden: int = 1024
+    adaptor_lr: float = 1e-4
+    discriminator_lr: float = 2e-4
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 10
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.preset in ("paper", "fast"), "preset must be 'paper' or 'fast'")
+        _check(self.epochs >= 1, "epochs must be >= 1")
+        _check(self.discriminator_hidden >= 1, "discriminator_hidden must be >= 1")
+        _check(self.adaptor_lr > 0 and self.discriminator_lr > 0, "learning rates must be > 0")
+        _check(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
+        _check(not self.resume or self.checkpoint_dir, "resume needs a checkpoint_dir")
+
+
+class TrainingFeatures:
+    """φ(x) of the training images as B×cells×D batches: from a cache computed once ("fast")
+    or recomputed from the images on every pass ("paper")."""
+
+    def __init__(self, detector: SynthesisDetector, samples: list[Sample], cache: bool) -> None:
+        self.detector = detector
+        self.samples = samples
+        self.cache = self._compute_cache() if cache else None
+
+    @torch.no_grad()
+    def _compute_cache(self) -> torch.Tensor:
+        cache: torch.Tensor | None = None
+        start = 0
+        for images in self.detector._batches(self.samples, "caching features"):
+            cells = self.detector._embed_cells(images)
+            if cache is None:
+                float32_bytes = cells[0].numel() * 4 * len(self.samples)
+                dtype = torch.float32 if float32_bytes <= CACHE_FLOAT32_LIMIT else torch.float16
+                shape = (len(self.samples), *cells.shape[1:])
+                cache = torch.empty(shape, dtype=dtype, device=cells.device)
+            cache[start : start + len(cells)] = cells
+            start += len(cells)
+        return cache
+
+    def batches(self, description: str, *, shuffle: bool = True) -> Iterator[torch.Tensor]:
+        """One pass; the shuffled order is drawn from torch's global generator (checkpointed)."""
+        if self.cache is None:
+            for images in self.detector._batches(self.samples, description, shuffle=shuffle):
+                yield self.detector._embed_cells(images)
+            return
+        count = len(self.cache)
+        order = torch.randperm(count) if shuffle else torch.arange(count)
+        size = self.detector.config.batch_size
+        starts = range(0, count, size)
+        for start in track(starts, description, total=len(starts)):
+            yield self.cache[order[start : start + size].to(self.cache.device)].float()
+
+
+class SynthesisDetector(Detector):
+    """Adaptor + discriminator on frozen patch features, trained on synthesised anomalies.
+    See the module docstring for presets, dimensions, checkpoints and model selection."""
+
+    Config = SynthesisConfig
+    config: SynthesisConfig
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        self.adaptor: Adaptor | None = None
+        self.discriminator: Discriminator | None = None
+        self.history: list[dict[str, float]] = []
+        self._aggregator: PatchAggregator | None = None
+
+    # ---- what methods implement -------------------------------------------------------
+    def _losses(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named loss terms for one batch of φ(x), B×cells×D; their sum is minimised."""
+        raise NotImplementedError
+
+    def _initialise(self, features: TrainingFeatures) -> None:
+        """Once before epoch 0 of a fresh (not resumed) run, e.g. PBAS's centres."""
+
+    def _start_epoch(self, features: TrainingFeatures, epoch: int) -> None:
+        """Before every epoch, e.g. GLASS's per-epoch centre from the current adaptor."""
+
+    def _method_tensors(self) -> dict[str, torch.Tensor]:
+        """Method state saved with P and D in models and checkpoints."""
+        return {}
+
+    def _load_method_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what `_method_tensors` saved."""
+
+    # ---- features and modules -----------------------------------------------------------
+    @property
+    def aggregator(self) -> PatchAggregator:
+        if self._aggregator is None:
+            cfg = self.config
+            self._aggregator = PatchAggregator(
+                self.backbone.channels, layer_dim=cfg.layer_dim, target_dim=cfg.target_dim
+            )
+        return self._aggregator
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.discriminator is not None
+
+    @torch.no_grad()
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        """B×3×H×W -> B×D×h×w patch features φ(x); the backbone never needs gradients."""
+        return self.aggregator(self.backbone(images))
+
+    def _embed_cells(self, images: torch.Tensor) -> torch.Tensor:
+        """B×3×H×W -> B×cells×D, cells in row-major grid order."""
+        return patch_rows(self._embed(images)).reshape(len(images), -1, self.aggregator.out_dim)
+
+    def _build_modules(self) -> None:
+        dim = self.aggregator.out_dim
+        self.adaptor = Adaptor(dim).to(self._device)
+        self.discriminator = Discriminator(dim, self.config.discriminator_hidden).to(self._device)
+
+    def _optimisers(self) -> dict[str, torch.optim.Optimizer]:
+        """P: Adam(lr, wd 1e-5); D: AdamW(lr, wd 0.01); stepped in this order (P, then D)."""
+        cfg = self.config
+        return {
+            "adaptor": torch.optim.Adam(
+                self.adaptor.parameters(), lr=cfg.adaptor_lr, weight_decay=ADAPTOR_WEIGHT_DECAY
+            ),
+            "discriminator": torch.optim.AdamW(
+                self.discriminator.parameters(),
+                lr=cfg.discriminator_lr,
+                weight_decay=DISCRIMINATOR_WEIGHT_DECAY,
+            ),
+        }
+
+    # ---- training -----------------------------------------------------------------------
+    def _training_features(self, train: list[Sample]) -> TrainingFeatures:
+        """What each epoch iterates; a method with image-level synthesis (GLASS) returns a
+        source whose batches also carry its augmented views."""
+        return TrainingFeatures(self, train, cache=self.config.preset == "fast")
+
+    def _fit(self, train: list[Sample]) -> None:
+        cfg = self.config
+        if (
+            cfg.resize == PAPER_SIZE
+            and cfg.crop == PAPER_SIZE
+            and self.categories
+            and set(self.categories) <= LARGER_RESIZE_CLASSES
+        ):
+            cfg.resize = LARGER_RESIZE
+            self.training_info["resize_exception"] = f"{LARGER_RESIZE} for {self.categories}"
+        self._build_modules()
+        optimisers = self._optimisers()
+        features = self._training_features(train)
+        checkpoint = Checkpoint(Path(cfg.checkpoint_dir), train) if cfg.checkpoint_dir else None
+        start = checkpoint.restore(self, optimisers) if checkpoint and cfg.resume else None
+        if start is None:
+            start, self.history = 0, []
+            self._initialise(features)
+        for epoch in range(start, cfg.epochs):
+            self._start_epoch(features, epoch)
+            self.history.append(self._train_epoch(features, optimisers, epoch))
+            for callback in self.epoch_end_callbacks:
+                callback(self, epoch, self.history[-1])
+            done = epoch + 1
+            if checkpoint and (done % cfg.checkpoint_every == 0 or done == cfg.epochs):
+                checkpoint.save(self, optimisers, done)
+
+    def _train_epoch(
+        self, features: TrainingFeatures, optimisers: dict[str, torch.optim.Optimizer], epoch: int
+    ) -> dict[str, float]:
+        """One pass: per batch, zero both optimisers, back-propagate the summed losses, step P
+        then D. Returns the epoch's mean of every loss term and of their total ("loss")."""
+        self.adaptor.train()
+        self.discriminator.train()
+        sums: dict[str, float] = {}
+        steps = 0
+        for batch in features.batches(self._epoch_label(epoch)):
+            for optimiser in optimisers.values():
+                optimiser.zero_grad(set_to_none=True)
+            terms = self._losses(batch)
+            total = sum(terms.values())
+            total.backward()
+            for optimiser in optimisers.values():
+                optimiser.step()
+            for name, value in {**terms, "loss": total}.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach())
+            steps += 1
+        return {name: value / steps for name, value in sums.items()}
+
+    def _epoch_label(self, epoch: int) -> str:
+        label = f"epoch {epoch + 1}/{self.config.epochs}"
+        if self.history:
+            label += " · " + " ".join(f"{k} {v:.4f}" for k, v in self.history[-1].items())
+        return label
+
+    # ---- inference and state ------------------------------------------------------------
+    def _score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cell score D(P(φ(x))) in (0, 1) with BatchNorm's running statistics; image score
+        = the largest raw cell score (§2.5, §3.5)."""
+        self.adaptor.eval()
+        self.discriminator.eval()
+        feature_map = self._embed(images)
+        batch, _, height, width = feature_map.shape
+        scores = self.discriminator(self.adaptor(patch_rows(feature_map)))
+        cells = scores.reshape(batch, height, width)
+        return cells.flatten(1).max(dim=1).values, cells
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {f"adaptor.{k}": v for k, v in self.adaptor.state_dict().items()}
+        tensors.update(
+            {f"discriminator.{k}": v for k, v in self.discriminator.state_dict().items()}
+        )
+        tensors.update(self._method_tensors())
+        return _storable(tensors)
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Load into the existing modules (so optimisers keep pointing at them), building
+        them first when this detector has none yet."""
+        if self.adaptor is None:
+            self._build_modules()
+        for name, module in (("adaptor", self.adaptor), ("discriminator", self.discriminator)):
+            own = module.state_dict()
+            saved = _strip_prefix(tensors, f"{name}.")
+            module.load_state_dict(
+                {k: v.reshape(own[k].shape) if k in own else v for k, v in saved.items()}
+            )
+        self._load_method_tensors(tensors)
+
+
+def _strip_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _storable(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached CPU copies, 0-d tensors (BatchNorm's batch count, Adam's step) as shape (1,):
+    the artifact's integrity hash cannot view a 0-d tensor as bytes."""
+    return {k: v.detach().cpu().reshape(v.shape or (1,)) for k, v in tensors.items()}
+
+
+class Checkpoint:
+    """Resumable training state in `folder/checkpoint.safetensors`, replaced atomically: the
+    model tensors, both optimisers, the completed epoch count, the loss history and the RNG
+    states (torch, CUDA, numpy, python), as safetensors plus JSON; no pickle. A checkpoint is
+    only resumed by a run with the same settings (except `RESUMABLE_CHANGES`) on the same
+    training images in the same order."""
+
+    def __init__(self, folder: Path, train: list[Sample]) -> None:
+        self.path = folder / CHECKPOINT_FILE
+        paths = "\n".join(str(sample.path) for sample in train)
+        self.fingerprint = hashlib.sha256(paths.encode()).hexdigest()
+
+    def save(
+        self,
+        detector: SynthesisDetector,
+        optimisers: dict[str, torch.optim.Optimizer],
+        epochs_done: int,
+    ) -> None:
+        from anomap.artifact import write_artifact
+
+        tensors = {f"model.{k}": v for k, v in detector.state_tensors().items()}
+        groups, scalars = {}, []
+        for name, optimiser in optimisers.items():
+            state = optimiser.state_dict()
+            for index, values in state["state"].items():
+                for key, value in values.items():
+                    value = torch.as_tensor(value)
+                    tensors[f"optim.{name}.{index}.{key}"] = value
+                    if value.dim() == 0:
+                        scalars.append(f"optim.{name}.{index}.{key}")
+            groups[name] = state["param_groups"]
+        rng_tensors, rng_meta = _rng_state(detector._device)
+        tensors.update(rng_tensors)
+        meta = {
+            "kind": CHECKPOINT_KIND,
+            "method": detector.method,
+            "config": _resume_relevant(detector.config.to_dict()),
+            "train_fingerprint": self.fingerprint,
+            "epochs_done": epochs_done,
+            "history": detector.history,
+            "param_groups": groups,
+            "rng": rng_meta,
+            "scalars": scalars,  # saved as shape (1,), see _storable
+        }
+        write_artifact(self.path, _storable(tensors), meta)
+
+    def restore(
+        self, detector: SynthesisDetector, optimisers: dict[str, torch.optim.Optimizer]
+    ) -> int | None:
+        """Load the checkpoint into `detector` and `optimisers`; the number of completed
+        epochs, or None when there is no checkpoint yet."""
+        from anomap.artifact import read_artifact
+
+        if not self.path.is_file():
+            return None
+        tensors, meta = read_artifact(self.path)
+        self._check_compatible(detector, meta)
+        for name in meta["scalars"]:
+            tensors[name] = tensors[name].reshape(())
+        detector.load_state_tensors(_strip_prefix(tensors, "model."))
+        for name, optimiser in optimisers.items():
+            state: dict[int, dict[str, torch.Tensor]] = {}
+            for key, value in _strip_prefix(tensors, f"optim.{name}.").items():
+                index, _, field = key.partition(".")
+                state.setdefault(int(index), {})[field] = value
+            optimiser.load_state_dict({"state": state, "param_groups": meta["param_groups"][name]})
+        detector.history = list(meta["history"])
+        _set_rng_state(_strip_prefix(tensors, "rng."), meta["rng"], detector._device)
+        return int(meta["epochs_done"])
+
+    def _check_compatible(self, detector: SynthesisDetector, meta: dict[str, Any]) -> None:
+        where = f"checkpoint {self.path}"
+        if meta.get("kind") != CHECKPOINT_KIND or meta.get("method") != detector.method:
+            raise AnomapError(f"{where} is not a {detector.method} training checkpoint")
+        if meta["train_fingerprint"] != self.fingerprint:
+            raise AnomapError(f"{where} was trained on other images; use another checkpoint_dir")
+        current = _resume_relevant(detector.config.to_dict())
+        changed = sorted(
+            k
+            for k in current.keys() | meta["config"].keys()
+            if current.get(k) != meta["config"].get(k)
+        )
+        if changed:
+            raise AnomapError(f"{where} was made with other settings: {', '.join(changed)}")
+        if meta["epochs_done"] > detector.config.epochs:
+            raise AnomapError(
+                f"{where} has {meta['epochs_done']} epochs done, more than epochs="
+                f"{detector.config.epochs}"
+            )
+
+
+def _resume_relevant(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES}
+
+
+def _rng_state(device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    kind, keys, position, has_gauss, cached_gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    tensors = {
+        "rng.torch": torch.get_rng_state(),
+        "rng.numpy": torch.from_numpy(keys.astype(np.int64)),
+        "rng.python": torch.tensor(internal, dtype=torch.int64),
+    }
+    if device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+    meta = {"numpy": [kind, position, has_gauss, cached_gauss], "python": [version, gauss_next]}
+    return tensors, meta
+
+
+def _set_rng_state(
+    tensors: dict[str, torch.Tensor], meta: dict[str, Any], device: torch.device
+) -> None:
+    torch.set_rng_state(tensors["torch"])
+    if device.type == "cuda" and "cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["cuda"], device)
+    kind, position, has_gauss, cached_gauss = meta["numpy"]
+    keys = tensors["numpy"].numpy().astype(np.uint32)
+    np.random.set_state((kind, keys, position, has_gauss, cached_gauss))
+    version, gauss_next = meta["python"]
+    random.setstate((version, tuple(tensors["python"].tolist()), gauss_next))

@@ -1,0 +1,1 @@
+"""Anomaly synthesis for training: GLASS's image-level Local Anomaly Synthesis (LAS) parts."""

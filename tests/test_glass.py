@@ -1,0 +1,227 @@
+"""GLASS (METHODS.md §2.4): projection, focal loss, GAS gradient path, LAS views, end to end."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import anomap.artifact
+from anomap.data.layouts import discover
+from anomap.errors import AnomapError
+from anomap.methods.glass import GLASS, GLASSFeatures, ohem_focal_loss, truncated_projection
+from anomap.methods.simplenet_base import Adaptor, Discriminator
+
+TINY = {
+    "resize": 64,
+    "crop": 64,
+    "batch_size": 4,
+    "device": "cpu",
+    "val_fraction": 0.0,
+    "discriminator_hidden": 64,
+}
+
+
+def test_truncated_projection_lands_in_the_shell_along_the_ray():
+    torch.manual_seed(0)
+    anchors = torch.randn(500, 16)
+    offsets = torch.randn(500, 16) * torch.logspace(-2, 1, 500)[:, None]
+    points = anchors + offsets
+    projected = truncated_projection(points, anchors, 0.5, 1.0)
+    distances = (projected - anchors).norm(dim=1)
+    assert distances.min() >= 0.5 - 1e-5 and distances.max() <= 1.0 + 1e-5
+    cosine = torch.nn.functional.cosine_similarity(projected - anchors, offsets, dim=1)
+    torch.testing.assert_close(cosine, torch.ones(500))
+    inside = (offsets.norm(dim=1) >= 0.5) & (offsets.norm(dim=1) <= 1.0)
+    torch.testing.assert_close(projected[inside], points[inside])  # already in the shell
+    radius = torch.tensor(0.3)
+    hyper = truncated_projection(points, anchors, radius, 2 * radius)
+    assert ((hyper - anchors).norm(dim=1) <= 0.6 + 1e-5).all()
+    assert ((hyper - anchors).norm(dim=1) >= 0.3 - 1e-5).all()
+
+
+def test_projection_keeps_the_gradient_path():
+    points = torch.randn(4, 3, requires_grad=True)
+    anchors = torch.randn(4, 3, requires_grad=True)
+    truncated_projection(points, anchors, 0.5, 1.0).sum().backward()
+    assert points.grad.abs().sum() > 0 and anchors.grad.abs().sum() > 0
+
+
+def test_ohem_focal_loss_by_hand():
+    scores = torch.tensor([0.1, 0.9, 0.6, 0.2])
+    targets = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    # errors (s − m)²: 0.01, 0.81, 0.16, 0.64; the median is 0.4, so rows 1 and 3 are kept
+    p1 = (1 - 1e-5) * 0.1 + 1e-5 * 0.9 + 1e-5  # target 0: q = 1 − s = 0.1
+    p3 = (1 - 1e-5) * 0.2 + 1e-5 * 0.8 + 1e-5  # target 1: q = s = 0.2
+    expected = np.mean([-((1 - p) ** 2) * np.log(p) for p in (p1, p3)])
+    loss = ohem_focal_loss(scores, targets, 0.5, 2.0)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def make_detector(hypersphere: bool, **settings) -> GLASS:
+    torch.manual_seed(0)
+    detector = GLASS(**{**TINY, **settings})
+    detector.adaptor, detector.discriminator = Adaptor(8), Discriminator(8, 16)
+    detector.hypersphere = hypersphere
+    detector.centres = torch.zeros(6, 8)
+    return detector
+
+
+@pytest.mark.parametrize("hypersphere", [False, True])
+def test_gas_runs_21_discriminator_passes_and_reaches_the_adaptor(hypersphere):
+    detector = make_detector(hypersphere)
+    calls = []
+    detector.discriminator.register_forward_hook(lambda *args: calls.append(1))
+    clean = torch.randn(2, 6, 8)
+    augmented = torch.randn(2, 6, 8)
+    cells = torch.tensor([[0, 1, 0, 0, 1, 1], [1, 0, 0, 0, 0, 0]], dtype=torch.float32)
+    terms = detector._losses((clean, augmented, cells))
+    assert set(terms) == {"normal", "gas", "focal"}
+    assert len(calls) == 22  # 21 on [t; g] in the ascent loop, 1 on the LAS features
+    assert int(detector.discriminator.norm.num_batches_tracked) == 22
+    terms["gas"].backward()
+    assert detector.adaptor.weight.grad.abs().sum() > 0  # through t and the projections
+
+
+def test_gas_synthetic_features_lie_in_the_manifold_band():
+    detector = make_detector(False, ascent_steps=5, projection_interval=5)
+    seen = []
+    original = detector.discriminator.forward
+
+    def record(rows):
+        seen.append(rows.detach().clone())
+        return original(rows)
+
+    detector.discriminator.forward = record
+    true_features = torch.randn(12, 8, requires_grad=True)  # as P(φ(x)) is
+    detector._gas_losses(true_features, torch.zeros(12, 8), torch.tensor(1.0))
+    final = seen[-1][12:]  # the last pass sees g after the projection at step 5
+    distances = (final - true_features.detach()).norm(dim=1)
+    assert distances.min() >= 0.5 - 1e-5 and distances.max() <= 1.0 + 1e-5
+
+
+def test_training_steps_reduce_the_loss():
+    detector = make_detector(False, adaptor_lr=1e-2, discriminator_lr=1e-2, ascent_steps=4)
+    batch = (torch.randn(2, 6, 8) + 1, torch.randn(2, 6, 8) * 3, torch.ones(2, 6) * 0.0)
+    batch[2][:, :2] = 1
+    optimisers = detector._optimisers()
+
+    class Same:
+        def batches(self, description, shuffle=True):
+            yield batch
+
+    losses = [detector._train_epoch(Same(), optimisers, 0)["loss"] for _ in range(25)]
+    assert losses[-1] < 0.8 * losses[0]
+
+
+@pytest.fixture(scope="module")
+def category(synth_root):
+    return next(c for c in discover(synth_root) if c.name == "pill")  # an object category
+
+
+def test_las_views_and_sample_limit(category):
+    detector = GLASS(**TINY, sample_limit=5)
+    detector.categories = [category.name]
+    detector._build_modules()
+    features = GLASSFeatures(detector, list(category.train), cache=False)
+    assert features.synthesis.grid == (8, 8)
+    view = features.synthesis.view(0, (0, 3))
+    again = features.synthesis.view(0, (0, 3))
+    assert torch.equal(view.augmented, again.augmented)  # reproducible from (seed, key, index)
+    assert view.cells.shape == (64,) and view.cells.sum() > 0
+    assert not torch.equal(view.augmented, view.clean)
+    batches = list(features.batches("epoch"))
+    assert len(batches) == 2  # 4 images, then 8 > 5: the epoch stops
+    clean, augmented, cells = batches[0]
+    assert clean.shape == augmented.shape == (4, 64, 152) and cells.shape == (4, 64)
+
+
+def test_hypothesis_sources(category, tmp_path):
+    detector = GLASS(**TINY)
+    detector.categories = ["bottle"]
+    detector._choose_hypothesis(list(category.train))
+    assert detector.hypersphere and "published" in detector.training_info["hypothesis_source"]
+    detector.categories = ["my_part"]
+    detector._choose_hypothesis(list(category.train))
+    assert detector.training_info["hypothesis_source"].startswith("spectrum judge")
+    forced = GLASS(**TINY, hypothesis="manifold")
+    forced.categories = ["bottle"]
+    forced._choose_hypothesis(list(category.train))
+    assert not forced.hypersphere
+
+
+def test_foreground_from_files(tmp_path):
+    root = tmp_path / "data"
+    (root / "part" / "train" / "good").mkdir(parents=True)
+    (root / "fg_mask" / "part").mkdir(parents=True)
+    for i in range(6):
+        Image.new("RGB", (64, 64), (i * 20, 90, 90)).save(root / f"part/train/good/{i}.png")
+        mask = np.zeros((64, 64), np.uint8)
+        mask[16:48, 16:48] = 255
+        Image.fromarray(mask).save(root / f"fg_mask/part/{i}.png")
+    train = list(discover(root)[0].train)
+    detector = GLASS(**TINY)
+    detector.categories = ["part"]
+    detector._build_modules()
+    features = GLASSFeatures(detector, train, cache=False)
+    assert features.synthesis.foreground_mode == "files"
+    for i in range(5):
+        cells = features.synthesis.view(0, (0, i)).cells.reshape(8, 8)
+        assert cells[:2].sum() == 0 and cells[:, :2].sum() == 0  # outside the foreground
+    assert (
+        "non_faithful" not in detector.training_info
+        or "foreground" not in (detector.training_info["non_faithful"])
+    )
+
+
+@pytest.fixture(scope="module")
+def fitted(category):
+    detector = GLASS(**{**TINY, "val_fraction": 0.1}, epochs=2, las_pool=2).fit(category)
+    return detector
+
+
+def test_fit_predict_and_labels(fitted, category):
+    assert len(fitted.history) == 2 and set(fitted.history[0]) == {
+        "normal",
+        "gas",
+        "focal",
+        "loss",
+    }
+    info = fitted.training_info
+    assert info["hypothesis"] == "hypersphere"  # the name 'pill' is in the MVTec table
+    assert "procedural textures" in info["non_faithful"]
+    result = fitted.predict([s.path for s in category.test])
+    assert result.maps.shape == (len(category.test), 64, 64)
+    assert ((result.scores > 0) & (result.scores < 1)).all()
+
+
+def test_save_load_round_trip(fitted, category, tmp_path):
+    loaded = anomap.artifact.load(fitted.save(tmp_path / "glass.safetensors"))
+    assert isinstance(loaded, GLASS) and loaded.training_info == fitted.training_info
+    paths = [s.path for s in category.test]
+    np.testing.assert_array_equal(loaded.predict(paths).scores, fitted.predict(paths).scores)
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("preset", ["fast", "paper"])
+def test_resume_gives_identical_weights(category, tmp_path, preset):
+    settings = {**TINY, "epochs": 3, "preset": preset, "las_pool": 2, "ascent_steps": 2}
+    straight = GLASS(**settings).fit(category)
+
+    def kill(detector, epoch, losses):
+        if epoch == 1:
+            raise Killed
+
+    folder = str(tmp_path / "ckpt")
+    interrupted = GLASS(**settings, checkpoint_dir=folder, checkpoint_every=1)
+    interrupted.epoch_end_callbacks.append(kill)
+    with pytest.raises(Killed):
+        interrupted.fit(category)
+    resumed = GLASS(**settings, checkpoint_dir=folder, resume=True).fit(category)
+    expected, actual = straight.state_tensors(), resumed.state_tensors()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+    with pytest.raises(AnomapError, match="noise_std"):
+        GLASS(**settings, checkpoint_dir=folder, resume=True, noise_std=0.1).fit(category)

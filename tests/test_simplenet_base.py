@@ -1,0 +1,91 @@
+"""The SimpleNet-family base: module init, feature cache, training loop, checkpoints."""
+
+import pytest
+import torch
+
+from anomap.data.layouts import discover
+from anomap.errors import AnomapError
+from anomap.methods import simplenet_base
+from anomap.methods.pbas import PBAS
+from anomap.methods.simplenet_base import Adaptor, Discriminator, TrainingFeatures
+
+TINY = {"resize": 64, "crop": 64, "batch_size": 4, "device": "cpu", "val_fraction": 0.0}
+
+
+def xavier_std(fan_in: int, fan_out: int) -> float:
+    return (2.0 / (fan_in + fan_out)) ** 0.5
+
+
+def test_adaptor_init():
+    torch.manual_seed(0)
+    adaptor = Adaptor(256)
+    assert adaptor.weight.shape == (256, 256) and adaptor.bias is not None
+    assert adaptor.weight.std().item() == pytest.approx(xavier_std(256, 256), rel=0.03)
+    assert adaptor.weight.mean().abs().item() < 0.005
+    assert adaptor.bias.abs().max().item() <= 1 / 256**0.5  # PyTorch's default bias bound
+
+
+def test_discriminator_init_and_output():
+    torch.manual_seed(0)
+    disc = Discriminator(152, 1024)
+    assert disc.hidden.weight.std().item() == pytest.approx(xavier_std(152, 1024), rel=0.03)
+    assert disc.head.weight.std().item() == pytest.approx(xavier_std(1024, 1), rel=0.1)
+    assert disc.head.bias is None
+    assert isinstance(disc.norm, torch.nn.BatchNorm1d)
+    scores = disc(torch.randn(64, 152) * 10)
+    assert scores.shape == (64, 1)
+    assert ((scores > 0) & (scores < 1)).all()
+
+
+@pytest.fixture(scope="module")
+def train_samples(synth_root):
+    return list(discover(synth_root)[0].train)
+
+
+def test_cached_features_equal_streamed(train_samples, monkeypatch):
+    detector = PBAS(**TINY)
+    cached = TrainingFeatures(detector, train_samples, cache=True)
+    assert cached.cache.dtype == torch.float32 and cached.cache.shape == (12, 64, 152)
+    streamed = TrainingFeatures(detector, train_samples, cache=False)
+    pairs = zip(
+        cached.batches("c", shuffle=False), streamed.batches("s", shuffle=False), strict=True
+    )
+    for a, b in pairs:
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    monkeypatch.setattr(simplenet_base, "CACHE_FLOAT32_LIMIT", 0)
+    assert TrainingFeatures(detector, train_samples[:2], cache=True).cache.dtype == torch.float16
+
+
+def test_paper_preset_trains_from_images(train_samples):
+    detector = PBAS(**TINY, preset="paper", epochs=1).fit(train_samples[:4])
+    assert detector.is_fitted and set(detector.history[0]) == {"svdd", "bce", "loss"}
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_gives_identical_weights(train_samples, tmp_path):
+    straight = PBAS(**TINY, epochs=4).fit(train_samples)
+
+    def kill_in_third_epoch(detector, epoch, losses):
+        if epoch == 2:  # after the epoch-2 checkpoint, before the epoch-3 one
+            raise Killed
+
+    folder = str(tmp_path / "ckpt")
+    interrupted = PBAS(**TINY, epochs=4, checkpoint_dir=folder, checkpoint_every=1)
+    interrupted.epoch_end_callbacks.append(kill_in_third_epoch)
+    with pytest.raises(Killed):
+        interrupted.fit(train_samples)
+    resumed = PBAS(**TINY, epochs=4, checkpoint_dir=folder, resume=True).fit(train_samples)
+
+    expected, actual = straight.state_tensors(), resumed.state_tensors()
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+    assert resumed.history == straight.history
+
+    with pytest.raises(AnomapError, match="afs_scale"):
+        PBAS(**TINY, epochs=4, checkpoint_dir=folder, resume=True, afs_scale=0.5).fit(train_samples)
+    with pytest.raises(AnomapError, match="other images"):
+        PBAS(**TINY, epochs=4, checkpoint_dir=folder, resume=True).fit(train_samples[:-1])
