@@ -89,3 +89,21 @@ def test_resume_gives_identical_weights(train_samples, tmp_path):
         PBAS(**TINY, epochs=4, checkpoint_dir=folder, resume=True, afs_scale=0.5).fit(train_samples)
     with pytest.raises(AnomapError, match="other images"):
         PBAS(**TINY, epochs=4, checkpoint_dir=folder, resume=True).fit(train_samples[:-1])
+
+
+def test_folded_inference_head_equals_the_modules():
+    torch.manual_seed(0)
+    detector = PBAS(**TINY)
+    detector.adaptor, detector.discriminator = Adaptor(152), Discriminator(152, 64)
+    with torch.no_grad():  # non-trivial running statistics and affine parameters
+        detector.discriminator.norm.running_mean.uniform_(-1, 1)
+        detector.discriminator.norm.running_var.uniform_(0.5, 2)
+        detector.discriminator.norm.weight.uniform_(0.5, 1.5)
+        detector.discriminator.norm.bias.uniform_(-0.5, 0.5)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        scores, cells = detector._score(images)
+        detector.discriminator.eval()
+        rows = detector.discriminator(detector.adaptor(detector._embed_cells(images).flatten(0, 1)))
+    torch.testing.assert_close(cells.flatten(), rows.flatten(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(scores, rows.reshape(2, -1).max(dim=1).values)

@@ -517,17 +517,24 @@ def bench(
     out: Path = typer.Option(Path("benchmarks/results"), "--out", "-o", help="Results folder."),
     batch_sizes: str = typer.Option("1,32", help="Comma-separated batch sizes."),
     size: int = typer.Option(224, help="Input size (after crop)."),
+    methods: str = typer.Option(
+        "patchcore,pbas,glass,uniad", help="Comma-separated methods to time."
+    ),
     device: str = Device,
     quiet: bool = Quiet,
     as_json: bool = AsJson,
 ) -> None:
-    """Inference throughput of the full PatchCore predict path against the bare backbone in
+    """Inference throughput of each method's full predict path against its bare backbone in
     the same run, and peak memory; writes JSON + markdown."""
     from anomap.benchmark import run_speed_benchmark
 
     _setup(quiet)
     result = run_speed_benchmark(
-        out, batch_sizes=[int(b) for b in batch_sizes.split(",")], size=size, device=device
+        out,
+        batch_sizes=[int(b) for b in batch_sizes.split(",")],
+        methods=[m for m in methods.split(",") if m],
+        size=size,
+        device=device,
     )
     _print(result["json"], as_json, None if quiet else result["markdown"])
 

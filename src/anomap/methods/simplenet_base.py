@@ -292,9 +292,22 @@ class SynthesisDetector(Detector):
         self.discriminator.eval()
         feature_map = self._embed(images)
         batch, _, height, width = feature_map.shape
-        scores = self.discriminator(self.adaptor(patch_rows(feature_map)))
+        weight, bias = self._folded_hidden_layer()
+        hidden = F.leaky_relu(torch.addmm(bias, patch_rows(feature_map), weight.T), 0.2)
+        scores = torch.sigmoid(self.discriminator.head(hidden))
         cells = scores.reshape(batch, height, width)
         return cells.flatten(1).max(dim=1).values, cells
+
+    def _folded_hidden_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """P, D's first Linear and D's BatchNorm (running statistics) are all affine at
+        inference, so they fold into one Linear: BN(W₁(Ax + a) + b₁) = W'x + b'. One matmul
+        instead of two plus a normalisation pass over B·cells×1024 values; equal to the
+        unfolded modules up to float rounding (tested)."""
+        norm, hidden = self.discriminator.norm, self.discriminator.hidden
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        weight = (hidden.weight @ self.adaptor.weight) * scale[:, None]
+        bias = (hidden.weight @ self.adaptor.bias + hidden.bias - norm.running_mean) * scale
+        return weight, bias + norm.bias
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {f"adaptor.{k}": v for k, v in self.adaptor.state_dict().items()}

@@ -1,0 +1,207 @@
+"""Accuracy and training time of any method on every `anomap synth` category and on
+../shared/data (when present), one model per category or one unified model per dataset.
+
+For trained methods one run gives two rows: the last epoch (what anomap deploys) and the
+epoch an oracle picks on the test set (the papers' protocol, METHODS.md §2.4.6), labelled.
+
+Writes benchmarks/results/accuracy_<method>[_<preset>][_unified].json and .md; re-running one
+dataset keeps the other datasets' rows. Examples:
+  python benchmarks/accuracy_methods.py --method pbas --epochs 100
+  python benchmarks/accuracy_methods.py --method glass --preset paper --epochs 20
+  python benchmarks/accuracy_methods.py --method uniad --unified --epochs 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anomap.benchmark import machine_info
+from anomap.data.layouts import discover
+from anomap.data.synth import generate
+from anomap.evaluation import evaluate_category
+from anomap.methods import get_method
+from anomap.methods.base import resolve_device
+from anomap.report import metrics_table_markdown, write_text_atomic
+from anomap.selection import OracleSelection
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "threshold_f1")
+# the same geometry as accuracy_patchcore.py, so the tables compare like for like
+GEOMETRY = {
+    "synth": {"resize": 256, "crop": 224},
+    "shared": {"resize": (256, 624), "crop": None},
+}
+UNIAD_GEOMETRY = {  # UniAD resizes straight to a multiple of 16, no crop (§4.2)
+    "synth": {"resize": (224, 224), "crop": None},
+    "shared": {"resize": (256, 624), "crop": None},
+}
+
+
+def _model_size_mb(detector: Any) -> float:
+    return sum(t.numel() * t.element_size() for t in detector.state_tensors().values()) / 2**20
+
+
+def evaluate_groups(
+    dataset: str, root: Path, method: str, settings: dict[str, Any], unified: bool, every: int
+) -> dict[str, Any]:
+    categories = discover(root)
+    groups = [categories] if unified else [[c] for c in categories]
+    detector_class = get_method(method)
+    trained = "epochs" in detector_class.Config.__dataclass_fields__
+    rows: dict[str, Any] = {}
+    for group in groups:
+        detector = detector_class(**settings)
+        oracle = None
+        if trained:
+            test = [s for c in group for s in c.test]
+            oracle = OracleSelection(test, every=every, epochs=detector.config.epochs)
+            detector.epoch_end_callbacks.append(oracle)
+        start = time.perf_counter()
+        detector.fit(group)
+        fit_seconds = time.perf_counter() - start - (oracle.seconds if oracle else 0.0)
+        shared = {
+            "fit_seconds": fit_seconds,
+            "train_images": sum(len(c.train) for c in group),
+            "model_mb": _model_size_mb(detector),
+            "training_info": dict(detector.training_info),
+        }
+        if trained:
+            shared["seconds_per_epoch"] = fit_seconds / detector.config.epochs
+            shared["final_loss"] = detector.history[-1]
+        for category in group:
+            result = evaluate_category(detector, category)
+            rows[category.name] = dict(
+                result.metrics, **shared, test_img_s=1.0 / result.seconds_per_image
+            )
+        if oracle is not None and oracle.best_state is not None:
+            oracle.restore(detector)
+            for category in group:
+                metrics = evaluate_category(detector, category).metrics
+                rows[category.name]["oracle"] = dict(
+                    metrics, selected_epoch=detector.training_info["selected_epoch"]
+                )
+        for category in group:
+            row = rows[category.name]
+            print(dataset, category.name, {k: round(row[k], 4) for k in COLUMNS}, flush=True)
+    return rows
+
+
+def _table(rows: dict[str, Any], oracle: bool) -> str:
+    metrics = {
+        name: {k: v for k, v in (row["oracle"] if oracle else row).items() if k in COLUMNS}
+        for name, row in rows.items()
+        if not oracle or "oracle" in row
+    }
+    return metrics_table_markdown(metrics, COLUMNS)
+
+
+def write_markdown(payload: dict[str, Any], path: Path) -> None:
+    sections = [f"# {payload['benchmark']}\n"]
+    sections += [f"Command for {n}: `{c}`\n" for n, c in sorted(payload["commands"].items())]
+    for name, rows in payload["results"].items():
+        first = next(iter(rows.values()))
+        fit = np.mean([r["fit_seconds"] for r in rows.values()])
+        speed = np.mean([r["test_img_s"] for r in rows.values()])
+        timing = f"Training {fit:.0f} s per model"
+        if "seconds_per_epoch" in first:
+            epochs = payload["settings"][name].get("epochs")
+            timing += f" ({first['seconds_per_epoch']:.2f} s per epoch, {epochs} epochs)"
+        timing += f"; model {first['model_mb']:.1f} MB; test {speed:.1f} img/s (batch 8, CPU)."
+        sections.append(f"## {name}: last epoch (deployable)\n\n{_table(rows, False)}\n{timing}\n")
+        if any("oracle" in r for r in rows.values()):
+            picked = ", ".join(
+                f"{c} {r['oracle']['selected_epoch']}" for c, r in rows.items() if "oracle" in r
+            )
+            sections.append(
+                f"## {name}: ORACLE epoch (chosen on the test set, as the papers do)\n\n"
+                f"{_table(rows, True)}\nEpochs picked: {picked}.\n"
+            )
+        notes = sorted({str(r["training_info"].get("non_faithful", "")) for r in rows.values()})
+        notes = [n for n in notes if n]
+        if notes:
+            sections.append("Non-faithful parts of these runs: " + " | ".join(notes) + "\n")
+    sections.append("Protocol: " + "; ".join(f"{k}: {v}" for k, v in payload["protocol"].items()))
+    machine = payload["machine"]
+    sections.append(
+        f"\nMachine: {machine['processor']}, {machine['cpu_count']} CPUs, torch {machine['torch']}."
+        " Training times were measured while other jobs shared the 2 cores; compare them within "
+        "a table, not across tables.\n"
+    )
+    write_text_atomic("\n".join(sections), path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--method", required=True)
+    parser.add_argument("--preset", default=None, help="paper or fast (pbas, glass)")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--unified", action="store_true", help="one model per dataset")
+    parser.add_argument("--eval-every", type=int, default=5, help="oracle scoring interval")
+    parser.add_argument("--set", nargs="*", default=[], help="extra settings key=json")
+    parser.add_argument("--synth-dir", type=Path, default=Path("/tmp/anomap_bench_synth"))
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--datasets", nargs="+", default=["synth", "shared"])
+    args = parser.parse_args()
+
+    stem = "_".join(
+        [f"accuracy_{args.method}"]
+        + ([args.preset] if args.preset else [])
+        + (["unified"] if args.unified else [])
+    )
+    previous_file = args.out / f"{stem}.json"
+    previous = json.loads(previous_file.read_text()) if previous_file.is_file() else {}
+    results: dict = previous.get("results", {})
+    commands: dict = previous.get("commands", {})
+    used: dict = previous.get("settings", {})
+    command = "python benchmarks/accuracy_methods.py " + " ".join(sys.argv[1:])
+    geometry = UNIAD_GEOMETRY if args.method == "uniad" else GEOMETRY
+    for name in args.datasets:
+        if name == "synth":
+            generate(args.synth_dir)  # defaults: 256², 40 train, 12 good + 4 per defect type
+            root = args.synth_dir
+        elif name == "shared" and SHARED.is_dir():
+            root = SHARED
+        else:
+            continue
+        settings: dict[str, Any] = dict(geometry[name])
+        settings.update({k: v for k, v in (("preset", args.preset), ("epochs", args.epochs)) if v})
+        for pair in args.set:
+            key, _, value = pair.partition("=")
+            settings[key] = json.loads(value)
+        results[name] = evaluate_groups(
+            name, root, args.method, settings, args.unified, args.eval_every
+        )
+        commands[name] = command
+        used[name] = settings
+    payload = {
+        "benchmark": f"{args.method} accuracy"
+        + (f" (preset {args.preset})" if args.preset else "")
+        + (", ONE unified model per dataset" if args.unified else ", one model per category")
+        + " (EfficientNet-Lite0, ImageNet weights)",
+        "commands": commands,
+        "settings": used,
+        "protocol": {
+            "synth": "anomap synth defaults (seed 0); resize 256, centre crop 224 (UniAD: 224²)",
+            "shared": "ball_screw: whole frame resized to 256×624, no crop",
+            "threshold": "99th percentile of scores on 10 % of train held out (normal only)",
+            "aupro": "standard MVTec AUPRO, FPR limit 0.3",
+            "oracle": f"I-AUROC + P-AUROC on the test set every {args.eval_every} epochs",
+        },
+        "results": results,
+        "machine": machine_info(resolve_device("cpu")),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(json.dumps(payload, indent=2, default=float), args.out / f"{stem}.json")
+    write_markdown(payload, args.out / f"{stem}.md")
+
+
+if __name__ == "__main__":
+    main()
