@@ -130,3 +130,11 @@ def test_save_load_round_trip(fitted, tmp_path, monkeypatch):
     expected, actual = detector.predict(test), loaded.predict(test)
     np.testing.assert_array_equal(actual.scores, expected.scores)
     np.testing.assert_array_equal(actual.maps, expected.maps)
+
+
+def test_normal_validation_adds_to_history(tmp_path):
+    train = write_images(tmp_path / "train", 10, seed=0)
+    settings = {"resize": 64, "crop": 64, "batch_size": 4, "epochs": 2, "device": "cpu"}
+    detector = PBAS(**settings, validate_every=1, val_fraction=0.2).fit(train)
+    assert all({"val_mean", "val_q99"} <= set(entry) for entry in detector.history)
+    assert detector.history[0]["val_q99"] >= detector.history[0]["val_mean"] > 0

@@ -9,14 +9,21 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["PatchCore", "load", "__version__"]
+__all__ = ["GLASS", "PBAS", "PatchCore", "UniAD", "load", "__version__"]
+
+_DETECTORS = {
+    "PatchCore": "patchcore",
+    "PBAS": "pbas",
+    "GLASS": "glass",
+    "UniAD": "uniad",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name == "PatchCore":
-        from anomap.methods.patchcore import PatchCore
+    if name in _DETECTORS:
+        from anomap.methods import get_method
 
-        return PatchCore
+        return get_method(_DETECTORS[name])
     if name == "load":
         from anomap.artifact import load
 

@@ -1,4 +1,5 @@
-"""Epoch selection on the test set: the papers' protocol, kept for reproduction only.
+"""Callbacks that watch training epochs: normal-only validation, and epoch selection on the
+test set (the papers' protocol, kept for reproduction only).
 
 GLASS, PBAS and SimpleNet evaluate on the test set after every epoch and report the epoch with
 the best image AUROC + pixel AUROC (METHODS.md §2.4.6). That choice peeks at the anomalies the
@@ -18,6 +19,22 @@ import torch
 from anomap.data.samples import Sample
 from anomap.errors import DataError
 from anomap.metrics import image_auroc, pixel_auroc
+
+
+class NormalValidation:
+    """Every `every` epochs, score the held-out normal images and add their mean and 99th
+    percentile score to that epoch's history entry (`val_mean`, `val_q99`): a convergence
+    signal that needs no anomalous image."""
+
+    def __init__(self, held_out: list[Sample], every: int) -> None:
+        self.held_out = held_out
+        self.every = every
+
+    def __call__(self, detector: Any, epoch: int, losses: dict[str, float]) -> None:
+        if (epoch + 1) % self.every:
+            return
+        scores = detector.predict(self.held_out).scores
+        losses.update(val_mean=float(np.mean(scores)), val_q99=float(np.quantile(scores, 0.99)))
 
 
 class OracleSelection:

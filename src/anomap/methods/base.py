@@ -222,13 +222,18 @@ class Detector:
 
         validate_samples(train + held_out, check_masks=False)
         self.categories = categories
-        if select is not None:
-            self.epoch_end_callbacks.append(select)
+        from anomap.selection import NormalValidation
+
+        every = getattr(self.config, "validate_every", 0)
+        callbacks = [select] if select is not None else []
+        if every and held_out:
+            callbacks.append(NormalValidation(held_out, every))
+        self.epoch_end_callbacks.extend(callbacks)
         try:
             self._fit(train)
         finally:
-            if select is not None:
-                self.epoch_end_callbacks.remove(select)
+            for callback in callbacks:
+                self.epoch_end_callbacks.remove(callback)
         if select is not None:
             select.restore(self)
         self.calibration, self.category_calibration = None, {}

@@ -99,6 +99,7 @@ class SynthesisConfig(DetectorConfig):
     discriminator_lr: float = 2e-4
     checkpoint_dir: str | None = None
     checkpoint_every: int = 10
+    validate_every: int = 0  # >0: score the held-out normal images every N epochs
     resume: bool = False
 
     def __post_init__(self) -> None:
@@ -108,6 +109,7 @@ class SynthesisConfig(DetectorConfig):
         _check(self.discriminator_hidden >= 1, "discriminator_hidden must be >= 1")
         _check(self.adaptor_lr > 0 and self.discriminator_lr > 0, "learning rates must be > 0")
         _check(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
+        _check(self.validate_every >= 0, "validate_every must be >= 0")
         _check(not self.resume or self.checkpoint_dir, "resume needs a checkpoint_dir")
 
 

@@ -91,6 +91,7 @@ class UniADConfig(DetectorConfig):
     lr_gamma: float = 0.1
     checkpoint_dir: str | None = None
     checkpoint_every: int = 10
+    validate_every: int = 0  # >0: score the held-out normal images every N epochs
     resume: bool = False
 
     def __post_init__(self) -> None:
@@ -123,6 +124,7 @@ class UniADConfig(DetectorConfig):
         _check(self.lr_step_epoch >= 1, "lr_step_epoch must be >= 1")
         _check(0 < self.lr_gamma <= 1, "lr_gamma must be in (0, 1]")
         _check(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
+        _check(self.validate_every >= 0, "validate_every must be >= 0")
         _check(not self.resume or self.checkpoint_dir, "resume needs a checkpoint_dir")
 
     @property
