@@ -70,7 +70,7 @@ def make_detector(hypersphere: bool, **settings) -> GLASS:
 def test_gas_runs_21_discriminator_passes_and_reaches_the_adaptor(hypersphere):
     detector = make_detector(hypersphere)
     calls = []
-    detector.discriminator.register_forward_hook(lambda *args: calls.append(1))
+    detector.discriminator.norm.register_forward_hook(lambda *args: calls.append(1))
     clean = torch.randn(2, 6, 8)
     augmented = torch.randn(2, 6, 8)
     cells = torch.tensor([[0, 1, 0, 0, 1, 1], [1, 0, 0, 0, 0, 0]], dtype=torch.float32)
@@ -85,16 +85,12 @@ def test_gas_runs_21_discriminator_passes_and_reaches_the_adaptor(hypersphere):
 def test_gas_synthetic_features_lie_in_the_manifold_band():
     detector = make_detector(False, ascent_steps=5, projection_interval=5)
     seen = []
-    original = detector.discriminator.forward
-
-    def record(rows):
-        seen.append(rows.detach().clone())
-        return original(rows)
-
-    detector.discriminator.forward = record
+    detector.discriminator.hidden.register_forward_hook(
+        lambda module, inputs, output: seen.append(inputs[0].detach().clone())
+    )
     true_features = torch.randn(12, 8, requires_grad=True)  # as P(φ(x)) is
     detector._gas_losses(true_features, torch.zeros(12, 8), torch.tensor(1.0))
-    final = seen[-1][12:]  # the last pass sees g after the projection at step 5
+    final = seen[-1]  # the last pass sees g after the projection at step 5
     distances = (final - true_features.detach()).norm(dim=1)
     assert distances.min() >= 0.5 - 1e-5 and distances.max() <= 1.0 + 1e-5
 
@@ -225,3 +221,13 @@ def test_resume_gives_identical_weights(category, tmp_path, preset):
         assert torch.equal(expected[name], actual[name]), name
     with pytest.raises(AnomapError, match="noise_std"):
         GLASS(**settings, checkpoint_dir=folder, resume=True, noise_std=0.1).fit(category)
+
+
+def test_reused_first_layer_equals_the_joint_pass():
+    detector = make_detector(True)
+    rows = torch.randn(10, 8)
+    disc = detector.discriminator
+    disc.eval()
+    joint = disc(rows)
+    split = disc.from_hidden(torch.cat([disc.hidden(rows[:4]), disc.hidden(rows[4:])]))
+    torch.testing.assert_close(split, joint)

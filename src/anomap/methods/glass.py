@@ -9,7 +9,8 @@ trained on three branches per batch (§2.4.5):
   truncated every 5 steps onto the shell [0.5, 1] around t (manifold) or [r, 2r] around the
   per-epoch centre (hypersphere; r = 0.75-quantile distance to the centre); label 1. Only the
   ascent increments are constants: the projections stay in the graph (pitfall 6). D runs 21
-  times in train mode on [t; g], as in the reference, so BatchNorm's statistics match;
+  times in train mode on [t; g], as in the reference, so BatchNorm's statistics match (D's
+  first Linear of t is computed once per batch and reused: same values, half the matmuls);
 - LAS: a texture blended into the image inside a Perlin mask (restricted to the foreground),
   embedded like x; cells inside the mask label 1, outside 0; hypersphere classes project the
   in-mask cells onto [2r, 4r]; loss: focal (γ 2) on the hardest half (OHEM, p = 0.5).
@@ -404,9 +405,13 @@ class GLASS(SynthesisDetector):
         """Global anomaly synthesis and the two BCE terms, the last of 21 D passes (§2.4.5)."""
         cfg = self.config
         count = len(true_features)
+        disc = self.discriminator
+        # t is fixed during the ascent, so D's first Linear of t is computed once and reused by
+        # all 21 passes: the same values as D([t; g]) each time, half the matmuls
+        true_hidden = disc.hidden(true_features)
         synthetic = true_features + cfg.noise_std * torch.randn_like(true_features)
         for step in range(cfg.ascent_steps + 1):
-            scores = self.discriminator(torch.cat([true_features, synthetic]))
+            scores = disc.from_hidden(torch.cat([true_hidden, disc.hidden(synthetic)]))
             normal_loss = F.binary_cross_entropy(scores[:count], torch.zeros_like(scores[:count]))
             synthetic_loss = F.binary_cross_entropy(scores[count:], torch.ones_like(scores[count:]))
             if step == cfg.ascent_steps:

@@ -82,8 +82,11 @@ class Discriminator(nn.Module):
             nn.init.xavier_normal_(linear.weight)
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
-        hidden = F.leaky_relu(self.norm(self.hidden(rows)), 0.2)
-        return torch.sigmoid(self.head(hidden))
+        return self.from_hidden(self.hidden(rows))
+
+    def from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The rest of D after its first Linear, for callers that reuse that Linear's output."""
+        return torch.sigmoid(self.head(F.leaky_relu(self.norm(hidden), 0.2)))
 
 
 @dataclass
