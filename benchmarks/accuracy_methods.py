@@ -75,6 +75,9 @@ def evaluate_groups(
         }
         if trained:
             shared["seconds_per_epoch"] = fit_seconds / detector.config.epochs
+            fitted = round(shared["train_images"] * (1 - detector.config.val_fraction))
+            steps = -(-fitted // detector.config.batch_size)
+            shared["iterations_per_second"] = steps / shared["seconds_per_epoch"]
             shared["final_loss"] = detector.history[-1]
         for category in group:
             result = evaluate_category(detector, category)
@@ -113,7 +116,10 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
         timing = f"Training {fit:.0f} s per model"
         if "seconds_per_epoch" in first:
             epochs = payload["settings"][name].get("epochs")
-            timing += f" ({first['seconds_per_epoch']:.2f} s per epoch, {epochs} epochs)"
+            timing += (
+                f" ({first['seconds_per_epoch']:.2f} s per epoch, {epochs} epochs, "
+                f"{first['iterations_per_second']:.1f} it/s)"
+            )
         timing += f"; model {first['model_mb']:.1f} MB; test {speed:.1f} img/s (batch 8, CPU)."
         sections.append(f"## {name}: last epoch (deployable)\n\n{_table(rows, False)}\n{timing}\n")
         if any("oracle" in r for r in rows.values()):

@@ -216,6 +216,7 @@ class Detector:
         samples, categories = train_samples(data)
         if not samples:
             raise DataError("no training images")
+        _ = self.backbone  # built first: building draws random numbers after the seed otherwise
         self._seed()
         train, held_out = self._split(samples, val)
         from anomap.data.dataset import validate_samples
