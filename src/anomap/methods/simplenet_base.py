@@ -52,6 +52,7 @@ ADAPTOR_WEIGHT_DECAY = 1e-5  # Adam, as in GLASS/PBAS
 DISCRIMINATOR_WEIGHT_DECAY = 0.01  # AdamW's default, as in GLASS/PBAS
 CACHE_FLOAT32_LIMIT = 2 << 30  # bytes; a larger feature cache is kept as float16
 PAPER_SIZE = 288
+HEAD_CHUNK_ROWS = 1024
 # the reference code resizes MVTec toothbrush and wood to 329 before the 288 crop (§2.2, §3.2)
 LARGER_RESIZE_CLASSES = frozenset({"toothbrush", "wood"})
 LARGER_RESIZE = 329
@@ -297,10 +298,16 @@ class SynthesisDetector(Detector):
         self.discriminator.eval()
         feature_map = self._embed(images)
         batch, _, height, width = feature_map.shape
+        rows = patch_rows(feature_map)
         weight, bias = self._folded_hidden_layer()
-        hidden = F.leaky_relu(torch.addmm(bias, patch_rows(feature_map), weight.T), 0.2)
-        scores = torch.sigmoid(self.discriminator.head(hidden))
-        cells = scores.reshape(batch, height, width)
+        head = self.discriminator.head.weight.T
+        scores = torch.empty((len(rows), 1), dtype=rows.dtype, device=rows.device)
+        # on a CPU, row chunks keep the 1024-wide hidden layer in cache (≈1.6× faster head)
+        chunk = len(rows) if rows.is_cuda else HEAD_CHUNK_ROWS
+        for start in range(0, len(rows), chunk):
+            hidden = torch.addmm(bias, rows[start : start + chunk], weight.T)
+            torch.mm(F.leaky_relu_(hidden, 0.2), head, out=scores[start : start + chunk])
+        cells = scores.sigmoid_().reshape(batch, height, width)
         return cells.flatten(1).max(dim=1).values, cells
 
     def _folded_hidden_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
