@@ -137,7 +137,8 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
     sections.append("Protocol: " + "; ".join(f"{k}: {v}" for k, v in payload["protocol"].items()))
     machine = payload["machine"]
     sections.append(
-        f"\nMachine: {machine['processor']}, {machine['cpu_count']} CPUs, torch {machine['torch']}."
+        f"\nMachine: {machine['processor']}, {machine['cpu_count']} CPUs, "
+        f"torch {machine['torch']}, {machine['torch_threads']} torch threads."
         " Training times were measured while other jobs shared the 2 cores; compare them within "
         "a table, not across tables.\n"
     )
