@@ -87,3 +87,20 @@ def test_config_validation_and_unfitted():
         PatchCore(no_such_setting=1)
     with pytest.raises(AnomapError, match="not fitted"):
         PatchCore().predict(torch.zeros(1, 3, 32, 32))
+
+
+def test_unified_model_keeps_a_threshold_per_category(synth_root, tmp_path):
+    categories = discover(synth_root)
+    model = PatchCore(**SMALL, val_fraction=0.25).fit(categories)
+    names = sorted(c.name for c in categories)
+    assert sorted(model.categories) == names == sorted(model.category_calibration)
+    first = categories[0]
+    own = model.category_calibration[first.name]
+    assert model.calibration_for(first.name) is own
+    assert model.calibration_for("unknown") is model.calibration  # global fallback
+    paths = [s.path for s in first.test]
+    result = model.predict(paths, category=first.name)
+    np.testing.assert_array_equal(result.is_anomalous, own.decide(result.scores))
+    loaded = anomap.load(model.save(tmp_path / "unified.safetensors"))
+    assert loaded.category_calibration.keys() == model.category_calibration.keys()
+    assert loaded.calibration_for(first.name).to_dict() == own.to_dict()
