@@ -123,6 +123,21 @@ def main() -> None:
             sections.append((f"Accuracy: {title}", path.name))
     parts += [s for s in (_section(t, n) for t, n in sections) if s]
     (ROOT / "docs" / "benchmarks.md").write_text("\n".join(parts), encoding="utf-8")
+    update_readme()
+
+
+def update_readme() -> None:
+    """Replace the README's generated summary (between its two marker comments) with the
+    synth summary table, so the README's numbers are the results files' numbers."""
+    readme = ROOT / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    start, end = "<!-- results:synth -->", "<!-- /results -->"
+    if start not in text or end not in text:
+        return
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    body = f"{start}\n{summary_table('synth')}{end}"
+    readme.write_text(head + body + tail, encoding="utf-8")
 
 
 if __name__ == "__main__":
