@@ -23,6 +23,8 @@ COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189))
 
 def fit_once(data: Path, count: int, coreset: float) -> dict:
     """In this process: fit PatchCore on the first `count` training images."""
+    import torch
+
     from anomap.data.layouts import discover
     from anomap.methods.patchcore import PatchCore
 
@@ -36,6 +38,7 @@ def fit_once(data: Path, count: int, coreset: float) -> dict:
         "fit_seconds": seconds,
         "memory_bank": int(model.memory_bank.shape[0]),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "torch_threads": torch.get_num_threads(),
     }
 
 
@@ -127,11 +130,11 @@ def main() -> None:
     lines = [
         f"{payload['setup']}.",
         "",
-        "| images | coreset | memory bank | fit s | peak RSS MB |",
-        "|---:|---:|---:|---:|---:|",
+        "| images | coreset | memory bank | fit s | peak RSS MB | torch threads |",
+        "|---:|---:|---:|---:|---:|---:|",
         *(
             f"| {r['images']} | {r['coreset_ratio']:g} | {r['memory_bank']} "
-            f"| {r['fit_seconds']:.1f} | {r['peak_rss_mb']:.0f} |"
+            f"| {r['fit_seconds']:.1f} | {r['peak_rss_mb']:.0f} | {r['torch_threads']} |"
             for r in rows
         ),
         "",
