@@ -213,3 +213,16 @@ def test_uniad_unified_over_all_categories(synth_root, tmp_path):
     model = anomap.load(tmp_path / "model.safetensors")
     assert sorted(model.category_calibration) == sorted(metrics["categories"])
     assert sorted(model.categories) == sorted(metrics["categories"])
+
+
+def test_demo_passes_every_option_of_the_verbs_it_calls():
+    """demo calls train/test/predict as functions: an option it omits would arrive as typer's
+    OptionInfo placeholder instead of a value."""
+    import inspect
+
+    import anomap.cli as cli
+
+    source = inspect.getsource(cli.demo)
+    for verb in (cli.train, cli.test, cli.predict):
+        for name in inspect.signature(verb).parameters:
+            assert f"{name}=" in source, f"demo does not pass {verb.__name__}({name}=...)"
