@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,6 +22,7 @@ from anomap.backbones import DEFAULT_BACKBONE, FeatureExtractor, load_backbone
 from anomap.data.samples import Category, Sample
 from anomap.data.transforms import Preprocess
 from anomap.errors import AnomapError, ConfigError, DataError
+from anomap.features import PatchAggregator
 from anomap.postprocess import Calibration, calibrate, gaussian_blur, upsample
 from anomap.progress import track
 
@@ -72,6 +74,24 @@ class DetectorConfig:
         if unknown:
             raise AnomapError(f"unknown {cls.__name__} settings: {', '.join(unknown)}")
         return cls(**data)
+
+
+@dataclass
+class TrainingConfig(DetectorConfig):
+    """Settings of every method with a training loop (GLASS, PBAS, UniAD)."""
+
+    epochs: int = 1
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 10
+    validate_every: int = 0  # >0: score the held-out normal images every N epochs
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.epochs >= 1, "epochs must be >= 1")
+        _check(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
+        _check(self.validate_every >= 0, "validate_every must be >= 0")
+        _check(not self.resume or self.checkpoint_dir, "resume needs a checkpoint_dir")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -225,7 +245,7 @@ class Detector:
         self.categories = categories
         from anomap.selection import NormalValidation
 
-        every = getattr(self.config, "validate_every", 0)
+        every = self.config.validate_every if isinstance(self.config, TrainingConfig) else 0
         callbacks = [select] if select is not None else []
         if every and held_out:
             callbacks.append(NormalValidation(held_out, every))
@@ -311,3 +331,19 @@ class Detector:
         from anomap.artifact import save_detector
 
         return save_detector(self, Path(path))
+
+
+class PatchFeatureDetector(Detector):
+    """A method scoring PatchCore-style locally aware patch features (§1.2): PatchCore, and
+    the SimpleNet family. Its config has `layer_dim` and `target_dim`."""
+
+    @cached_property
+    def aggregator(self) -> PatchAggregator:
+        cfg = self.config
+        return PatchAggregator(
+            self.backbone.channels, layer_dim=cfg.layer_dim, target_dim=cfg.target_dim
+        )
+
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        """B×3×H×W -> B×D×h×w locally aware patch features."""
+        return self.aggregator(self.backbone(images))

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from anomap.data.samples import Sample
-from anomap.features import PatchAggregator, patch_rows
-from anomap.methods.base import Detector, DetectorConfig, _check
+from anomap.features import patch_rows
+from anomap.methods.base import DetectorConfig, PatchFeatureDetector, _check
 from anomap.progress import track
 
 _CHUNK_ELEMENTS = 1 << 23  # ≈ 32 MB of float32 distances per search chunk
@@ -126,7 +126,7 @@ class NearestNeighbors:
         return torch.cat(dists), torch.cat(idxs)
 
 
-class PatchCore(Detector):
+class PatchCore(PatchFeatureDetector):
     """Memory bank of normal patch features; a patch's anomaly score is its distance to the
     nearest normal patch. See the module docstring for the paper and deviations."""
 
@@ -138,24 +138,10 @@ class PatchCore(Detector):
         super().__init__(**settings)
         self.memory_bank: torch.Tensor | None = None
         self._index: NearestNeighbors | None = None
-        self._aggregator: PatchAggregator | None = None
-
-    @property
-    def aggregator(self) -> PatchAggregator:
-        if self._aggregator is None:
-            cfg = self.config
-            self._aggregator = PatchAggregator(
-                self.backbone.channels, layer_dim=cfg.layer_dim, target_dim=cfg.target_dim
-            )
-        return self._aggregator
 
     @property
     def is_fitted(self) -> bool:
         return self.memory_bank is not None
-
-    def _embed(self, images: torch.Tensor) -> torch.Tensor:
-        """B×3×H×W -> B×D×h×w locally aware patch features."""
-        return self.aggregator(self.backbone(images))
 
     @torch.inference_mode()
     def _fit(self, train: list[Sample]) -> None:

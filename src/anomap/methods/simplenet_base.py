@@ -44,8 +44,8 @@ from torch import nn
 
 from anomap.data.samples import Sample
 from anomap.errors import AnomapError
-from anomap.features import PatchAggregator, patch_rows
-from anomap.methods.base import Detector, DetectorConfig, _check
+from anomap.features import patch_rows
+from anomap.methods.base import PatchFeatureDetector, TrainingConfig, _check
 from anomap.progress import track
 
 ADAPTOR_WEIGHT_DECAY = 1e-5  # Adam, as in GLASS/PBAS
@@ -91,7 +91,7 @@ class Discriminator(nn.Module):
 
 
 @dataclass
-class SynthesisConfig(DetectorConfig):
+class SynthesisConfig(TrainingConfig):
     resize: int | tuple[int, int] = 288
     crop: int | None = 288
     preset: str = "fast"
@@ -101,20 +101,12 @@ class SynthesisConfig(DetectorConfig):
     discriminator_hidden: int = 1024
     adaptor_lr: float = 1e-4
     discriminator_lr: float = 2e-4
-    checkpoint_dir: str | None = None
-    checkpoint_every: int = 10
-    validate_every: int = 0  # >0: score the held-out normal images every N epochs
-    resume: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.preset in ("paper", "fast"), "preset must be 'paper' or 'fast'")
-        _check(self.epochs >= 1, "epochs must be >= 1")
         _check(self.discriminator_hidden >= 1, "discriminator_hidden must be >= 1")
         _check(self.adaptor_lr > 0 and self.discriminator_lr > 0, "learning rates must be > 0")
-        _check(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
-        _check(self.validate_every >= 0, "validate_every must be >= 0")
-        _check(not self.resume or self.checkpoint_dir, "resume needs a checkpoint_dir")
 
 
 class TrainingFeatures:
@@ -155,7 +147,7 @@ class TrainingFeatures:
             yield self.cache[order[start : start + size].to(self.cache.device)].float()
 
 
-class SynthesisDetector(Detector):
+class SynthesisDetector(PatchFeatureDetector):
     """Adaptor + discriminator on frozen patch features, trained on synthesised anomalies.
     See the module docstring for presets, dimensions, checkpoints and model selection."""
 
@@ -167,7 +159,6 @@ class SynthesisDetector(Detector):
         self.adaptor: Adaptor | None = None
         self.discriminator: Discriminator | None = None
         self.history: list[dict[str, float]] = []
-        self._aggregator: PatchAggregator | None = None
 
     # ---- what methods implement -------------------------------------------------------
     def _losses(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -189,22 +180,13 @@ class SynthesisDetector(Detector):
 
     # ---- features and modules -----------------------------------------------------------
     @property
-    def aggregator(self) -> PatchAggregator:
-        if self._aggregator is None:
-            cfg = self.config
-            self._aggregator = PatchAggregator(
-                self.backbone.channels, layer_dim=cfg.layer_dim, target_dim=cfg.target_dim
-            )
-        return self._aggregator
-
-    @property
     def is_fitted(self) -> bool:
         return self.discriminator is not None
 
     @torch.no_grad()
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
-        """B×3×H×W -> B×D×h×w patch features φ(x); the backbone never needs gradients."""
-        return self.aggregator(self.backbone(images))
+        """φ(x); the backbone never needs gradients."""
+        return super()._embed(images)
 
     def _embed_cells(self, images: torch.Tensor) -> torch.Tensor:
         """B×3×H×W -> B×cells×D, cells in row-major grid order."""

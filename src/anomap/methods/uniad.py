@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anomap.data.samples import Sample
-from anomap.methods.base import Detector, DetectorConfig, _check
+from anomap.methods.base import Detector, TrainingConfig, _check
 from anomap.methods.simplenet_base import Checkpoint
 from anomap.postprocess import upsample
 from anomap.progress import track
@@ -70,7 +70,7 @@ IMAGE_POOL = 16  # avg-pool kernel of the "max" image score
 
 
 @dataclass
-class UniADConfig(DetectorConfig):
+class UniADConfig(TrainingConfig):
     resize: int | tuple[int, int] = (224, 224)
     crop: int | None = None
     blur_sigma: float = 0.0
@@ -89,10 +89,6 @@ class UniADConfig(DetectorConfig):
     grad_clip: float = 0.1
     lr_step_epoch: int = 800
     lr_gamma: float = 0.1
-    checkpoint_dir: str | None = None
-    checkpoint_every: int = 10
-    validate_every: int = 0  # >0: score the held-out normal images every N epochs
-    resume: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -118,14 +114,10 @@ class UniADConfig(DetectorConfig):
             f"{self.feature_size[0]}×{self.feature_size[1]} grid for some query",
         )
         _check(self.jitter_scale >= 0, "jitter_scale must be >= 0")
-        _check(self.epochs >= 1, "epochs must be >= 1")
         _check(self.lr > 0 and self.weight_decay >= 0, "lr must be > 0, weight_decay >= 0")
         _check(self.grad_clip > 0, "grad_clip must be > 0")
         _check(self.lr_step_epoch >= 1, "lr_step_epoch must be >= 1")
         _check(0 < self.lr_gamma <= 1, "lr_gamma must be in (0, 1]")
-        _check(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
-        _check(self.validate_every >= 0, "validate_every must be >= 0")
-        _check(not self.resume or self.checkpoint_dir, "resume needs a checkpoint_dir")
 
     @property
     def input_size(self) -> tuple[int, int]:
