@@ -20,17 +20,6 @@ from anomap.methods.uniad import (
 )
 
 # 96² synthetic images -> a 6×6 token grid; a small transformer so a fit takes seconds
-SMALL = {
-    "resize": (96, 96),
-    "batch_size": 4,
-    "device": "cpu",
-    "hidden_dim": 32,
-    "heads": 4,
-    "encoder_layers": 1,
-    "decoder_layers": 2,
-    "feedforward_dim": 64,
-    "neighbor_size": 3,
-}
 TINY_MODEL = {
     "hidden_dim": 32,
     "heads": 4,
@@ -39,6 +28,7 @@ TINY_MODEL = {
     "feedforward_dim": 64,
     "neighbor_size": 3,
 }
+SMALL = {"resize": (96, 96), "batch_size": 4, "device": "cpu", **TINY_MODEL}
 
 
 def test_config_defaults_follow_the_paper():
