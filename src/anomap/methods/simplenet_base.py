@@ -4,7 +4,8 @@ All three train a linear adaptor P and an MLP discriminator D on frozen, locally
 features φ(x), and score a cell as D(P(φ(x))). They differ only in how anomalous features are
 synthesised and in the loss, so a method here supplies `_losses` (and optionally the hooks
 `_initialise`, `_start_epoch`, `_method_tensors`); this base owns the feature embedding, the
-modules and optimisers, the epoch loop, inference, saving, and resumable checkpoints.
+modules and optimisers, one epoch of training, inference and saving; the epoch loop and
+resumable checkpoints come from `anomap.methods.training`.
 
 Presets (`preset`):
 - "paper": every epoch reads, decodes and embeds the training images again, as the reference
@@ -30,22 +31,18 @@ training category is MVTec's toothbrush or wood, as the reference loaders do.
 
 from __future__ import annotations
 
-import hashlib
-import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from anomap.data.samples import Sample
-from anomap.errors import AnomapError
 from anomap.features import patch_rows
 from anomap.methods.base import PatchFeatureDetector, TrainingConfig, _check
+from anomap.methods.training import EpochTrainedDetector, storable, strip_prefix
 from anomap.progress import track
 
 ADAPTOR_WEIGHT_DECAY = 1e-5  # Adam, as in GLASS/PBAS
@@ -56,10 +53,6 @@ HEAD_CHUNK_ROWS = 1024
 # the reference code resizes MVTec toothbrush and wood to 329 before the 288 crop (§2.2, §3.2)
 LARGER_RESIZE_CLASSES = frozenset({"toothbrush", "wood"})
 LARGER_RESIZE = 329
-CHECKPOINT_FILE = "checkpoint.safetensors"
-CHECKPOINT_KIND = "anomap-training-checkpoint"
-# settings that may change between a checkpoint and the run resuming from it
-RESUMABLE_CHANGES = frozenset({"epochs", "checkpoint_dir", "checkpoint_every", "resume", "device"})
 
 
 class Adaptor(nn.Linear):
@@ -147,7 +140,7 @@ class TrainingFeatures:
             yield self.cache[order[start : start + size].to(self.cache.device)].float()
 
 
-class SynthesisDetector(PatchFeatureDetector):
+class SynthesisDetector(EpochTrainedDetector, PatchFeatureDetector):
     """Adaptor + discriminator on frozen patch features, trained on synthesised anomalies.
     See the module docstring for presets, dimensions, checkpoints and model selection."""
 
@@ -158,7 +151,6 @@ class SynthesisDetector(PatchFeatureDetector):
         super().__init__(**settings)
         self.adaptor: Adaptor | None = None
         self.discriminator: Discriminator | None = None
-        self.history: list[dict[str, float]] = []
 
     # ---- what methods implement -------------------------------------------------------
     def _losses(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -230,19 +222,14 @@ class SynthesisDetector(PatchFeatureDetector):
         self._build_modules()
         optimisers = self._optimisers()
         features = self._training_features(train)
-        checkpoint = Checkpoint(Path(cfg.checkpoint_dir), train) if cfg.checkpoint_dir else None
-        start = checkpoint.restore(self, optimisers) if checkpoint and cfg.resume else None
-        if start is None:
-            start, self.history = 0, []
-            self._initialise(features)
-        for epoch in range(start, cfg.epochs):
+
+        def train_epoch(epoch: int) -> dict[str, float]:
             self._start_epoch(features, epoch)
-            self.history.append(self._train_epoch(features, optimisers, epoch))
-            for callback in self.epoch_end_callbacks:
-                callback(self, epoch, self.history[-1])
-            done = epoch + 1
-            if checkpoint and (done % cfg.checkpoint_every == 0 or done == cfg.epochs):
-                checkpoint.save(self, optimisers, done)
+            return self._train_epoch(features, optimisers, epoch)
+
+        self._run_epochs(
+            train, optimisers, train_epoch, start_fresh=lambda: self._initialise(features)
+        )
 
     def _train_epoch(
         self, features: TrainingFeatures, optimisers: dict[str, torch.optim.Optimizer], epoch: int
@@ -265,12 +252,6 @@ class SynthesisDetector(PatchFeatureDetector):
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
             steps += 1
         return {name: value / steps for name, value in sums.items()}
-
-    def _epoch_label(self, epoch: int) -> str:
-        label = f"epoch {epoch + 1}/{self.config.epochs}"
-        if self.history:
-            label += " · " + " ".join(f"{k} {v:.4f}" for k, v in self.history[-1].items())
-        return label
 
     # ---- inference and state ------------------------------------------------------------
     def _score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -309,7 +290,7 @@ class SynthesisDetector(PatchFeatureDetector):
             {f"discriminator.{k}": v for k, v in self.discriminator.state_dict().items()}
         )
         tensors.update(self._method_tensors())
-        return _storable(tensors)
+        return storable(tensors)
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Load into the existing modules (so optimisers keep pointing at them), building
@@ -318,140 +299,8 @@ class SynthesisDetector(PatchFeatureDetector):
             self._build_modules()
         for name, module in (("adaptor", self.adaptor), ("discriminator", self.discriminator)):
             own = module.state_dict()
-            saved = _strip_prefix(tensors, f"{name}.")
+            saved = strip_prefix(tensors, f"{name}.")
             module.load_state_dict(
                 {k: v.reshape(own[k].shape) if k in own else v for k, v in saved.items()}
             )
         self._load_method_tensors(tensors)
-
-
-def _strip_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-
-def _storable(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Detached CPU copies, 0-d tensors (BatchNorm's batch count, Adam's step) as shape (1,):
-    the artifact's integrity hash cannot view a 0-d tensor as bytes."""
-    return {k: v.detach().cpu().reshape(v.shape or (1,)) for k, v in tensors.items()}
-
-
-class Checkpoint:
-    """Resumable training state in `folder/checkpoint.safetensors`, replaced atomically: the
-    model tensors, both optimisers, the completed epoch count, the loss history and the RNG
-    states (torch, CUDA, numpy, python), as safetensors plus JSON; no pickle. A checkpoint is
-    only resumed by a run with the same settings (except `RESUMABLE_CHANGES`) on the same
-    training images in the same order."""
-
-    def __init__(self, folder: Path, train: list[Sample]) -> None:
-        self.path = folder / CHECKPOINT_FILE
-        paths = "\n".join(str(sample.path) for sample in train)
-        self.fingerprint = hashlib.sha256(paths.encode()).hexdigest()
-
-    def save(
-        self,
-        detector: SynthesisDetector,
-        optimisers: dict[str, torch.optim.Optimizer],
-        epochs_done: int,
-    ) -> None:
-        from anomap.artifact import write_artifact
-
-        tensors = {f"model.{k}": v for k, v in detector.state_tensors().items()}
-        groups, scalars = {}, []
-        for name, optimiser in optimisers.items():
-            state = optimiser.state_dict()
-            for index, values in state["state"].items():
-                for key, value in values.items():
-                    value = torch.as_tensor(value)
-                    tensors[f"optim.{name}.{index}.{key}"] = value
-                    if value.dim() == 0:
-                        scalars.append(f"optim.{name}.{index}.{key}")
-            groups[name] = state["param_groups"]
-        rng_tensors, rng_meta = _rng_state(detector._device)
-        tensors.update(rng_tensors)
-        meta = {
-            "kind": CHECKPOINT_KIND,
-            "method": detector.method,
-            "config": _resume_relevant(detector.config.to_dict()),
-            "train_fingerprint": self.fingerprint,
-            "epochs_done": epochs_done,
-            "history": detector.history,
-            "param_groups": groups,
-            "rng": rng_meta,
-            "scalars": scalars,  # saved as shape (1,), see _storable
-        }
-        write_artifact(self.path, _storable(tensors), meta)
-
-    def restore(
-        self, detector: SynthesisDetector, optimisers: dict[str, torch.optim.Optimizer]
-    ) -> int | None:
-        """Load the checkpoint into `detector` and `optimisers`; the number of completed
-        epochs, or None when there is no checkpoint yet."""
-        from anomap.artifact import read_artifact
-
-        if not self.path.is_file():
-            return None
-        tensors, meta = read_artifact(self.path)
-        self._check_compatible(detector, meta)
-        for name in meta["scalars"]:
-            tensors[name] = tensors[name].reshape(())
-        detector.load_state_tensors(_strip_prefix(tensors, "model."))
-        for name, optimiser in optimisers.items():
-            state: dict[int, dict[str, torch.Tensor]] = {}
-            for key, value in _strip_prefix(tensors, f"optim.{name}.").items():
-                index, _, field = key.partition(".")
-                state.setdefault(int(index), {})[field] = value
-            optimiser.load_state_dict({"state": state, "param_groups": meta["param_groups"][name]})
-        detector.history = list(meta["history"])
-        _set_rng_state(_strip_prefix(tensors, "rng."), meta["rng"], detector._device)
-        return int(meta["epochs_done"])
-
-    def _check_compatible(self, detector: SynthesisDetector, meta: dict[str, Any]) -> None:
-        where = f"checkpoint {self.path}"
-        if meta.get("kind") != CHECKPOINT_KIND or meta.get("method") != detector.method:
-            raise AnomapError(f"{where} is not a {detector.method} training checkpoint")
-        if meta["train_fingerprint"] != self.fingerprint:
-            raise AnomapError(f"{where} was trained on other images; use another checkpoint_dir")
-        current = _resume_relevant(detector.config.to_dict())
-        changed = sorted(
-            k
-            for k in current.keys() | meta["config"].keys()
-            if current.get(k) != meta["config"].get(k)
-        )
-        if changed:
-            raise AnomapError(f"{where} was made with other settings: {', '.join(changed)}")
-        if meta["epochs_done"] > detector.config.epochs:
-            raise AnomapError(
-                f"{where} has {meta['epochs_done']} epochs done, more than epochs="
-                f"{detector.config.epochs}"
-            )
-
-
-def _resume_relevant(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES}
-
-
-def _rng_state(device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    kind, keys, position, has_gauss, cached_gauss = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    tensors = {
-        "rng.torch": torch.get_rng_state(),
-        "rng.numpy": torch.from_numpy(keys.astype(np.int64)),
-        "rng.python": torch.tensor(internal, dtype=torch.int64),
-    }
-    if device.type == "cuda":
-        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
-    meta = {"numpy": [kind, position, has_gauss, cached_gauss], "python": [version, gauss_next]}
-    return tensors, meta
-
-
-def _set_rng_state(
-    tensors: dict[str, torch.Tensor], meta: dict[str, Any], device: torch.device
-) -> None:
-    torch.set_rng_state(tensors["torch"])
-    if device.type == "cuda" and "cuda" in tensors:
-        torch.cuda.set_rng_state(tensors["cuda"], device)
-    kind, position, has_gauss, cached_gauss = meta["numpy"]
-    keys = tensors["numpy"].numpy().astype(np.uint32)
-    np.random.set_state((kind, keys, position, has_gauss, cached_gauss))
-    version, gauss_next = meta["python"]
-    random.setstate((version, tuple(tensors["python"].tolist()), gauss_next))

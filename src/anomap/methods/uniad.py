@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -60,8 +59,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from anomap.data.samples import Sample
-from anomap.methods.base import Detector, TrainingConfig, _check
-from anomap.methods.simplenet_base import Checkpoint
+from anomap.methods.base import TrainingConfig, _check
+from anomap.methods.training import EpochTrainedDetector
 from anomap.postprocess import upsample
 from anomap.progress import track
 
@@ -279,7 +278,7 @@ class Reconstructor(nn.Module):
         return rec.permute(1, 2, 0).reshape(batch, channels, height, width)
 
 
-class UniAD(Detector):
+class UniAD(EpochTrainedDetector):
     """Feature reconstruction by a neighbour-masked transformer; see the module docstring."""
 
     method = "uniad"
@@ -289,7 +288,6 @@ class UniAD(Detector):
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
         self.model: Reconstructor | None = None
-        self.history: list[dict[str, float]] = []
 
     @property
     def is_fitted(self) -> bool:
@@ -329,19 +327,11 @@ class UniAD(Detector):
         optimiser = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay
         )
-        optimisers = {"model": optimiser}
-        # restored after caching: creating a DataLoader iterator draws from torch's generator
-        checkpoint = Checkpoint(Path(cfg.checkpoint_dir), train) if cfg.checkpoint_dir else None
-        start = checkpoint.restore(self, optimisers) if checkpoint and cfg.resume else None
-        if start is None:
-            start, self.history = 0, []
-        for epoch in range(start, cfg.epochs):
-            self.history.append(self._train_epoch(features, optimiser, epoch))
-            for callback in self.epoch_end_callbacks:
-                callback(self, epoch, self.history[-1])
-            done = epoch + 1
-            if checkpoint and (done % cfg.checkpoint_every == 0 or done == cfg.epochs):
-                checkpoint.save(self, optimisers, done)
+        # a resumed run restores torch's generator after caching: creating a DataLoader
+        # iterator draws from it
+        self._run_epochs(
+            train, {"model": optimiser}, lambda epoch: self._train_epoch(features, optimiser, epoch)
+        )
 
     def _epoch_lr(self, epoch: int) -> float:
         """The reference's `StepLR.step(epoch)` after each epoch, in closed form."""
@@ -370,12 +360,6 @@ class UniAD(Detector):
             optimiser.step()
             total += loss.detach() * len(batch)
         return {"loss": float(total) / len(features), "lr": lr}
-
-    def _epoch_label(self, epoch: int) -> str:
-        label = f"epoch {epoch + 1}/{self.config.epochs}"
-        if self.history:
-            label += f" · loss {self.history[-1]['loss']:.4f}"
-        return label
 
     # ---- inference and state ------------------------------------------------------------
     def _score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,203 @@
+"""The epoch loop every trained method shares (GLASS, PBAS, UniAD), and its resumable
+checkpoints.
+
+A method builds its modules and optimisers and hands `_run_epochs` a function that trains one
+epoch; the loop resumes from a checkpoint when asked, records each epoch's losses in
+`history`, calls the detector's epoch-end callbacks (validation, model selection) and writes a
+checkpoint every `checkpoint_every` epochs and after the last one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from anomap.data.samples import Sample
+from anomap.errors import AnomapError
+from anomap.methods.base import Detector, TrainingConfig
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+CHECKPOINT_KIND = "anomap-training-checkpoint"
+# settings that may change between a checkpoint and the run resuming from it
+RESUMABLE_CHANGES = frozenset({"epochs", "checkpoint_dir", "checkpoint_every", "resume", "device"})
+
+Optimisers = dict[str, torch.optim.Optimizer]
+
+
+class EpochTrainedDetector(Detector):
+    """A detector trained for `config.epochs` epochs, with `history` holding every
+    completed epoch's mean losses (saved in checkpoints, shown in progress bars)."""
+
+    config: TrainingConfig
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        self.history: list[dict[str, float]] = []
+
+    def _run_epochs(
+        self,
+        train: list[Sample],
+        optimisers: Optimisers,
+        train_epoch: Callable[[int], dict[str, float]],
+        *,
+        start_fresh: Callable[[], None] | None = None,
+    ) -> None:
+        """Train epochs `start..epochs-1`, where `start` is 0, or the checkpoint's count when
+        resuming; `start_fresh` runs once before epoch 0 of a run that is not resumed."""
+        cfg = self.config
+        checkpoint = Checkpoint(Path(cfg.checkpoint_dir), train) if cfg.checkpoint_dir else None
+        start = checkpoint.restore(self, optimisers) if checkpoint and cfg.resume else None
+        if start is None:
+            start, self.history = 0, []
+            if start_fresh is not None:
+                start_fresh()
+        for epoch in range(start, cfg.epochs):
+            self.history.append(train_epoch(epoch))
+            for callback in self.epoch_end_callbacks:
+                callback(self, epoch, self.history[-1])
+            done = epoch + 1
+            if checkpoint and (done % cfg.checkpoint_every == 0 or done == cfg.epochs):
+                checkpoint.save(self, optimisers, done)
+
+    def _epoch_label(self, epoch: int) -> str:
+        """Progress-bar text: the epoch and the previous epoch's losses."""
+        label = f"epoch {epoch + 1}/{self.config.epochs}"
+        if self.history:
+            label += " · " + " ".join(f"{k} {v:.4g}" for k, v in self.history[-1].items())
+        return label
+
+
+def strip_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def storable(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached CPU copies, 0-d tensors (BatchNorm's batch count, Adam's step) as shape (1,):
+    the artifact's integrity hash cannot view a 0-d tensor as bytes."""
+    return {k: v.detach().cpu().reshape(v.shape or (1,)) for k, v in tensors.items()}
+
+
+class Checkpoint:
+    """Resumable training state in `folder/checkpoint.safetensors`, replaced atomically: the
+    model tensors, both optimisers, the completed epoch count, the loss history and the RNG
+    states (torch, CUDA, numpy, python), as safetensors plus JSON; no pickle. A checkpoint is
+    only resumed by a run with the same settings (except `RESUMABLE_CHANGES`) on the same
+    training images in the same order."""
+
+    def __init__(self, folder: Path, train: list[Sample]) -> None:
+        self.path = folder / CHECKPOINT_FILE
+        paths = "\n".join(str(sample.path) for sample in train)
+        self.fingerprint = hashlib.sha256(paths.encode()).hexdigest()
+
+    def save(
+        self,
+        detector: EpochTrainedDetector,
+        optimisers: Optimisers,
+        epochs_done: int,
+    ) -> None:
+        from anomap.artifact import write_artifact
+
+        tensors = {f"model.{k}": v for k, v in detector.state_tensors().items()}
+        groups, scalars = {}, []
+        for name, optimiser in optimisers.items():
+            state = optimiser.state_dict()
+            for index, values in state["state"].items():
+                for key, value in values.items():
+                    value = torch.as_tensor(value)
+                    tensors[f"optim.{name}.{index}.{key}"] = value
+                    if value.dim() == 0:
+                        scalars.append(f"optim.{name}.{index}.{key}")
+            groups[name] = state["param_groups"]
+        rng_tensors, rng_meta = _rng_state(detector._device)
+        tensors.update(rng_tensors)
+        meta = {
+            "kind": CHECKPOINT_KIND,
+            "method": detector.method,
+            "config": _resume_relevant(detector.config.to_dict()),
+            "train_fingerprint": self.fingerprint,
+            "epochs_done": epochs_done,
+            "history": detector.history,
+            "param_groups": groups,
+            "rng": rng_meta,
+            "scalars": scalars,  # saved as shape (1,), see storable
+        }
+        write_artifact(self.path, storable(tensors), meta)
+
+    def restore(self, detector: EpochTrainedDetector, optimisers: Optimisers) -> int | None:
+        """Load the checkpoint into `detector` and `optimisers`; the number of completed
+        epochs, or None when there is no checkpoint yet."""
+        from anomap.artifact import read_artifact
+
+        if not self.path.is_file():
+            return None
+        tensors, meta = read_artifact(self.path)
+        self._check_compatible(detector, meta)
+        for name in meta["scalars"]:
+            tensors[name] = tensors[name].reshape(())
+        detector.load_state_tensors(strip_prefix(tensors, "model."))
+        for name, optimiser in optimisers.items():
+            state: dict[int, dict[str, torch.Tensor]] = {}
+            for key, value in strip_prefix(tensors, f"optim.{name}.").items():
+                index, _, field = key.partition(".")
+                state.setdefault(int(index), {})[field] = value
+            optimiser.load_state_dict({"state": state, "param_groups": meta["param_groups"][name]})
+        detector.history = list(meta["history"])
+        _set_rng_state(strip_prefix(tensors, "rng."), meta["rng"], detector._device)
+        return int(meta["epochs_done"])
+
+    def _check_compatible(self, detector: EpochTrainedDetector, meta: dict[str, Any]) -> None:
+        where = f"checkpoint {self.path}"
+        if meta.get("kind") != CHECKPOINT_KIND or meta.get("method") != detector.method:
+            raise AnomapError(f"{where} is not a {detector.method} training checkpoint")
+        if meta["train_fingerprint"] != self.fingerprint:
+            raise AnomapError(f"{where} was trained on other images; use another checkpoint_dir")
+        current = _resume_relevant(detector.config.to_dict())
+        changed = sorted(
+            k
+            for k in current.keys() | meta["config"].keys()
+            if current.get(k) != meta["config"].get(k)
+        )
+        if changed:
+            raise AnomapError(f"{where} was made with other settings: {', '.join(changed)}")
+        if meta["epochs_done"] > detector.config.epochs:
+            raise AnomapError(
+                f"{where} has {meta['epochs_done']} epochs done, more than epochs="
+                f"{detector.config.epochs}"
+            )
+
+
+def _resume_relevant(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES}
+
+
+def _rng_state(device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    kind, keys, position, has_gauss, cached_gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    tensors = {
+        "rng.torch": torch.get_rng_state(),
+        "rng.numpy": torch.from_numpy(keys.astype(np.int64)),
+        "rng.python": torch.tensor(internal, dtype=torch.int64),
+    }
+    if device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+    meta = {"numpy": [kind, position, has_gauss, cached_gauss], "python": [version, gauss_next]}
+    return tensors, meta
+
+
+def _set_rng_state(
+    tensors: dict[str, torch.Tensor], meta: dict[str, Any], device: torch.device
+) -> None:
+    torch.set_rng_state(tensors["torch"])
+    if device.type == "cuda" and "cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["cuda"], device)
+    kind, position, has_gauss, cached_gauss = meta["numpy"]
+    keys = tensors["numpy"].numpy().astype(np.uint32)
+    np.random.set_state((kind, keys, position, has_gauss, cached_gauss))
+    version, gauss_next = meta["python"]
+    random.setstate((version, tuple(tensors["python"].tolist()), gauss_next))
