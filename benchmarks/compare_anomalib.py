@@ -591,17 +591,26 @@ def write_report(payload: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(payload, indent=2, default=float)
     write_text_atomic(text, out / "compare_anomalib.json")
-    machine = payload["machine"]
-    lines = [f"# {payload['benchmark']}", "", f"Command: `{payload['command']}`", ""]
-    for dataset, per_category in payload["results"].items():
-        lines += [f"## {dataset}", "", dataset_tables(per_category), ""]
-    lines += ["## Protocol", "", *[f"- {p}" for p in PROTOCOL], ""]
-    lines.append(
-        f"Machine: {machine['processor']}, {machine['cpu_count']} CPUs, "
-        f"{machine['torch_threads']} torch threads, device {machine['device']}, "
-        f"torch {machine['torch']}, anomalib {payload['versions']['anomalib']}, "
-        f"timm {payload['versions']['timm']}, Python {machine['python']}."
+    versions_line = (
+        f"anomalib {payload['versions']['anomalib']}, timm {payload['versions']['timm']}"
     )
+    lines = [f"# {payload['benchmark']}", ""]
+    for dataset, per_category in payload["results"].items():
+        run = payload["runs"][dataset]
+        machine = run["machine"]
+        lines += [
+            f"## {dataset}",
+            "",
+            f"Command: `{run['command']}`",
+            "",
+            dataset_tables(per_category),
+            "",
+            f"Machine: {machine['processor']}, {machine['cpu_count']} CPUs, "
+            f"{machine['torch_threads']} torch threads, device {machine['device']}, "
+            f"torch {machine['torch']}, {versions_line}, Python {machine['python']}.",
+            "",
+        ]
+    lines += ["## Protocol", "", *[f"- {p}" for p in PROTOCOL]]
     write_text_atomic("\n".join(lines) + "\n", out / "compare_anomalib.md")
 
 
@@ -654,18 +663,43 @@ def main() -> None:
     args = parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         results = run_all(args, Path(tmp))
-    payload = {
-        "benchmark": "anomap vs anomalib 2.7.0: PatchCore and GLASS, same data and weights",
+    run = {
         "command": "python benchmarks/compare_anomalib.py " + shlex.join(sys.argv[1:]),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "results": results,
-        "versions": versions(),
         "machine": machine_info(resolve_device(args.device)),
     }
+    payload = merge_previous(
+        {
+            "benchmark": "anomap vs anomalib 2.7.0: PatchCore and GLASS, same data and weights",
+            "results": results,
+            "runs": {dataset: run for dataset in results},
+            "versions": versions(),
+        },
+        args.out / "compare_anomalib.json",
+    )
     write_report(payload, args.out)
     print((args.out / "compare_anomalib.md").read_text())
     failed = any(_status(rows) and "skipped" not in rows for rows in _all_rows(results))
     sys.exit(1 if failed else 0)
+
+
+def merge_previous(payload: dict[str, Any], previous: Path) -> dict[str, Any]:
+    """Keep the rows of an earlier results file that this run did not redo (other datasets,
+    categories or methods), so one dataset can be re-run alone; each dataset keeps the
+    command and machine of the run that made it."""
+    if not previous.is_file():
+        return payload
+    old = json.loads(previous.read_text())
+    runs = old.get("runs") or {
+        dataset: {k: old[k] for k in ("command", "settings", "machine")}
+        for dataset in old["results"]
+    }
+    for dataset, per_category in payload["results"].items():
+        kept = old["results"].setdefault(dataset, {})
+        for category, methods in per_category.items():
+            kept.setdefault(category, {}).update(methods)
+    runs.update(payload["runs"])
+    return {**payload, "results": old["results"], "runs": runs}
 
 
 def _all_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
