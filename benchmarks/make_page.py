@@ -155,17 +155,20 @@ def main() -> None:
 
 
 def update_readme() -> None:
-    """Replace the README's generated summary (between its two marker comments) with the
-    synth summary table, so the README's numbers are the results files' numbers."""
+    """Replace each generated summary in the README (between `<!-- results:DATASET -->` and
+    the next `<!-- /results -->`) with that dataset's summary table, so the README's numbers
+    are the results files' numbers."""
     readme = ROOT / "README.md"
     text = readme.read_text(encoding="utf-8")
-    start, end = "<!-- results:synth -->", "<!-- /results -->"
-    if start not in text or end not in text:
-        return
-    head, rest = text.split(start, 1)
-    tail = rest.split(end, 1)[1]
-    body = f"{start}\n{summary_table('synth')}{end}"
-    readme.write_text(head + body + tail, encoding="utf-8")
+    end = "<!-- /results -->"
+    for dataset in ("synth", "shared"):
+        start = f"<!-- results:{dataset} -->"
+        if start not in text:
+            continue
+        head, rest = text.split(start, 1)
+        tail = rest.split(end, 1)[1]
+        text = f"{head}{start}\n{summary_table(dataset)}{end}{tail}"
+    readme.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":
