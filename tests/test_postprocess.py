@@ -33,6 +33,14 @@ def test_calibration_from_normal_scores():
     assert low == 3.0 and high == 7.0 and cal.pixel_threshold == 5.0
 
 
+@pytest.mark.parametrize("scores", [[0.4], [0.4, 0.4, 0.4], [-2.0]])
+def test_calibration_without_spread_stays_readable(scores):
+    cal = calibrate(np.array(scores), np.zeros((len(scores), 2, 2)))
+    assert cal.image_threshold == scores[0]
+    np.testing.assert_allclose(cal.normalize(np.array([scores[0]])), [1.0])
+    assert np.abs(cal.normalize(np.array([scores[0] * 1.5]))).max() < 10
+
+
 def test_calibration_rejects_empty():
     with pytest.raises(ValueError, match="at least one"):
         calibrate(np.array([]), np.zeros((0, 2, 2)))

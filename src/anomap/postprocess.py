@@ -93,9 +93,14 @@ def calibrate(scores: np.ndarray, maps: np.ndarray, quantile: float = 0.99) -> C
     if not 0.5 <= quantile <= 1.0:
         raise ValueError(f"quantile must be in [0.5, 1], got {quantile}")
     flat = np.asarray(maps, dtype=np.float32).reshape(-1)
+    threshold, center = float(np.quantile(scores, quantile)), float(np.median(scores))
+    if threshold - center <= 1e-6 * abs(threshold):
+        # one held-out image (or equal scores) has no spread to scale by: measure from zero,
+        # so normalised scores stay readable (threshold -> 1) instead of dividing by ~0
+        center = 0.0 if threshold > 0 else threshold - 1.0
     return Calibration(
-        image_threshold=float(np.quantile(scores, quantile)),
-        image_center=float(np.median(scores)),
+        image_threshold=threshold,
+        image_center=center,
         pixel_threshold=float(flat.max()),
         pixel_low=float(np.median(flat)),
         quantile=quantile,
