@@ -1,4 +1,4 @@
-"""The `anomap` command line: train, test, predict, synth, demo, bench.
+"""The `anomap` command line: train, test, predict, synth, demo, bench, serve.
 
 Imports of torch and the models happen inside the commands, so `anomap --help` stays fast.
 """
@@ -543,6 +543,42 @@ def bench(
         device=device,
     )
     _print(result["json"], as_json, None if quiet else result["markdown"])
+
+
+@app.command()
+def serve(
+    model: Path = typer.Option(..., "--model", "-m", help="Model file or training run folder."),
+    category: str = typer.Option(
+        "",
+        "--category",
+        "-c",
+        help="Which model of a multi-category run; also the category of requests naming none.",
+    ),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: all interfaces)."),
+    port: int = typer.Option(8000, help="Port to listen on (0: any free port)."),
+    max_body_mb: float = typer.Option(20.0, help="Largest request body accepted, in MiB."),
+    weights: Path = typer.Option(None, help="Backbone weights file, if it moved since training."),
+    device: str = Device,
+) -> None:
+    """Serve a model: a web page at / to score images by drag and drop, and a JSON API
+    (POST /predict, GET /info, GET /health). Runs until Ctrl+C.
+
+    Examples:
+      anomap serve --model runs/synth --category washer
+      anomap serve --model runs/line3/model.safetensors --host 0.0.0.0 --port 8080
+      curl -H "Content-Type: image/png" --data-binary @part.png "localhost:8000/predict"
+    """
+    from anomap.serve import serve as run_server
+
+    run_server(
+        _pick_model(_model_files(model), category),
+        host,
+        port,
+        category=category or None,
+        device=device,
+        weights=str(weights) if weights else None,
+        max_body=int(max_body_mb * 1024 * 1024),
+    )
 
 
 def main() -> None:

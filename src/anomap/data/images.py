@@ -100,7 +100,9 @@ def _float_to_rgb(image: Image.Image, path: Path) -> Image.Image:
     return _gray_to_rgb(np.round(values * 255.0).astype(np.uint8))
 
 
-def _to_rgb(image: Image.Image, path: Path) -> Image.Image:
+def to_rgb(image: Image.Image, path: Path) -> Image.Image:
+    """8-bit RGB from any PIL mode (16-bit and float greys scaled, palettes via RGBA); `path`
+    names the source in errors."""
     mode = image.mode
     if mode in _SIXTEEN_BIT_MODES or mode == "I":
         return _integer_to_rgb(image, path)
@@ -120,7 +122,7 @@ def read_image(path: str | Path) -> Image.Image:
     path = Path(path)
     with _open(path, "image") as image:
         image.load()
-        return _to_rgb(image, path)
+        return to_rgb(image, path)
 
 
 def _mask_foreground(image: Image.Image) -> np.ndarray:
