@@ -43,6 +43,7 @@ def run(dataset: str, root: Path, coreset: float, preprocess: dict) -> dict:
             fit_seconds=fit_seconds,
             test_img_s=1.0 / result.seconds_per_image,
             memory_bank=int(model.memory_bank.shape[0]),
+            model_mb=model.memory_bank.numel() * model.memory_bank.element_size() / 2**20,
             train_images=len(category.train),
             test_images=len(category.test),
             input=list(model.preprocess.output_size)

@@ -67,6 +67,7 @@ ANOMALIB_NOTES = """### Where anomalib wins, why, and what would close the gap
   first Linear in the gradient ascent).
 """
 
+METHOD_ORDER = ("patchcore", "pbas", "glass", "uniad")
 SUMMARY_COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "threshold_f1")
 
 
@@ -80,11 +81,28 @@ def _mean_row(rows: dict[str, Any], key: str | None = None) -> list[float]:
     return [100 * float(np.nanmean([r[c] for r in picked])) for c in SUMMARY_COLUMNS]
 
 
+def _models_mb(rows: dict[str, Any], *, unified: bool) -> str:
+    """What a deployment stores for the whole dataset: the one unified model, or the sum of
+    the per-category models; '–' for result files written before sizes were recorded."""
+    sizes = [r["model_mb"] for r in rows.values() if "model_mb" in r]
+    if len(sizes) < len(rows):
+        return "–"
+    return f"{sizes[0] if unified else sum(sizes):.1f}"
+
+
+def _row_order(path: Path) -> tuple[int, bool, str]:
+    """Methods in the README's order, per-category models before unified ones."""
+    method = path.stem.removeprefix("accuracy_").split("_")[0]
+    order = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    return order, "unified" in path.stem, path.stem
+
+
 def summary_table(dataset: str) -> str:
     """Mean over categories of every method and variant on one dataset, in percent."""
     lines = [
-        "| method | variant | epochs | I-AUROC | P-AUROC | AUPRO | threshold F1 | train s/model |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| method | variant | epochs | I-AUROC | P-AUROC | AUPRO | threshold F1 "
+        "| train s/model | models MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     patchcore = _load("accuracy_patchcore.json")
     if patchcore:
@@ -93,8 +111,11 @@ def summary_table(dataset: str) -> str:
             if rows:
                 values = " | ".join(f"{v:.1f}" for v in _mean_row(rows))
                 fit = np.mean([r["fit_seconds"] for r in rows.values()])
-                lines.append(f"| patchcore | {variant}, per category | – | {values} | {fit:.0f} |")
-    for path in sorted(RESULTS.glob("accuracy_*.json")):
+                size = _models_mb(rows, unified=False)
+                lines.append(
+                    f"| patchcore | {variant}, per category | – | {values} | {fit:.0f} | {size} |"
+                )
+    for path in sorted(RESULTS.glob("accuracy_*.json"), key=_row_order):
         if path.name == "accuracy_patchcore.json":
             continue
         payload = json.loads(path.read_text(encoding="utf-8"))
@@ -111,10 +132,13 @@ def summary_table(dataset: str) -> str:
         if scope == "unified":
             fit = next(iter(rows.values()))["fit_seconds"]
         values = " | ".join(f"{v:.1f}" for v in _mean_row(rows))
-        lines.append(f"| {method} | {variant} | {epochs} | {values} | {fit:.0f} |")
+        size = _models_mb(rows, unified=scope == "unified")
+        lines.append(f"| {method} | {variant} | {epochs} | {values} | {fit:.0f} | {size} |")
         if any("oracle" in r for r in rows.values()):
             oracle = " | ".join(f"{v:.1f}" for v in _mean_row(rows, "oracle")[:3])
-            lines.append(f"| {method} | {variant}, ORACLE epoch | ≤ {epochs} | {oracle} | – | – |")
+            lines.append(
+                f"| {method} | {variant}, ORACLE epoch | ≤ {epochs} | {oracle} | – | – | – |"
+            )
     return "\n".join(lines) + "\n"
 
 
