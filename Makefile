@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e ".[dev,faiss,lite]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,faiss,lite,onnx]"
 	touch $@
 
 demo: venv

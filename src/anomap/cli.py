@@ -1,4 +1,4 @@
-"""The `anomap` command line: train, test, predict, synth, demo, bench, serve.
+"""The `anomap` command line: train, test, predict, synth, demo, bench, export, serve.
 
 Imports of torch and the models happen inside the commands, so `anomap --help` stays fast.
 """
@@ -348,10 +348,12 @@ def predict(
     as_json: bool = AsJson,
 ) -> None:
     """Score images: CSV and JSON of score and decision per image, plus heat-map overlays.
+    A .onnx model (from `anomap export`) runs on onnxruntime's CPU provider.
 
     Examples:
       anomap predict --model runs/bottle/model.safetensors photos/*.png
       anomap predict --model runs/model --category carpet incoming/ --out results
+      anomap predict --model bottle.onnx photos/*.png
     """
     import csv
     import io
@@ -366,7 +368,13 @@ def predict(
         paths.extend(list_images(item) if item.is_dir() else [item])
     if not paths:
         raise AnomapError("no images found in the given inputs")
-    detector = load(_pick_model(_model_files(model), category), weights=weights, device=device)
+    source = _pick_model(_model_files(model), category)
+    if source.suffix == ".onnx":
+        from anomap.export import OnnxDetector
+
+        detector = OnnxDetector(source)
+    else:
+        detector = load(source, weights=weights, device=device)
     result = detector.predict(paths, category=category or None)
     cal = detector.calibration_for(category or None)
     rows = []
@@ -543,6 +551,55 @@ def bench(
         device=device,
     )
     _print(result["json"], as_json, None if quiet else result["markdown"])
+
+
+@app.command()
+def export(
+    model: Path = typer.Option(..., "--model", "-m", help="Model file or training run folder."),
+    category: str = typer.Option(
+        "", "--category", "-c", help="Which model of a multi-category run."
+    ),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="ONNX file to write (default: <model>.onnx beside the model)."
+    ),
+    batch_size: int = typer.Option(
+        None, "--batch-size", help="Fix the batch size in the graph (default: dynamic)."
+    ),
+    opset: int = typer.Option(None, help="ONNX opset version (default 17)."),
+    weights: Path = typer.Option(None, help="Backbone weights file, if it moved since training."),
+    quiet: bool = Quiet,
+    as_json: bool = AsJson,
+) -> None:
+    """Export a model to ONNX: one graph from a preprocessed image batch to image scores and
+    smoothed anomaly maps, with the preprocessing and thresholds in its metadata. Needs
+    anomap's onnx extra (onnx, onnxruntime).
+
+    Examples:
+      anomap export --model runs/bottle --out bottle.onnx
+      anomap export --model runs/model --category carpet --batch-size 8
+      anomap predict --model bottle.onnx photos/*.png
+    """
+    from anomap.artifact import load
+    from anomap.export import DEFAULT_OPSET, export_onnx
+
+    _setup(quiet)
+    source = _pick_model(_model_files(model), category)
+    detector = load(source, weights=weights, device="cpu")
+    opset = opset or DEFAULT_OPSET
+    path = export_onnx(
+        detector, out or source.with_suffix(".onnx"), batch_size=batch_size, opset=opset
+    )
+    height, width = detector.preprocess.output_size
+    summary = {
+        "onnx": str(path),
+        "model": str(source),
+        "method": detector.method,
+        "input_shape": [batch_size or "batch", 3, height, width],
+        "opset": opset,
+    }
+    batch = batch_size or "B (dynamic)"
+    text = f"wrote {path}: {detector.method}, input float32 {batch}×3×{height}×{width}"
+    _print(summary, as_json, None if quiet else text)
 
 
 @app.command()

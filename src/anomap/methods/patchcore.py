@@ -105,25 +105,33 @@ class NearestNeighbors:
             self._faiss_index = index
 
     def search(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """(distances, indices), each Q×k, distances Euclidean and ascending."""
+        """(distances, indices), each Q×k, distances Euclidean and ascending.
+
+        An ONNX export searches all queries as one chunk in torch: faiss cannot be traced, and
+        a chunk loop whose count depends on Q would freeze the batch size into the graph."""
+        if torch.onnx.is_in_onnx_export():
+            return self._search_chunk(queries, k)
         if self._faiss_index is not None:
             sq, idx = self._faiss_index.search(queries.cpu().numpy().astype(np.float32), k)
             dist = torch.from_numpy(sq).clamp_min(0).sqrt().to(queries.device)
             return dist, torch.from_numpy(idx).to(queries.device)
         rows = max(1, _CHUNK_ELEMENTS // max(1, self.bank.shape[0]))
-        dists, idxs = [], []
-        for start in range(0, queries.shape[0], rows):
-            chunk = queries[start : start + rows]
-            # ‖q‖² is constant per row, so ranking needs only ‖m‖² − 2 q·m (one fused addmm)
-            partial = torch.addmm(self.bank_squared, chunk, self.bank.T, alpha=-2.0)
-            if k == 1:
-                values, indices = partial.min(dim=1, keepdim=True)
-            else:
-                values, indices = torch.topk(partial, k, dim=1, largest=False)
-            values += (chunk * chunk).sum(1, keepdim=True)
-            dists.append(values.clamp_min(0).sqrt())
-            idxs.append(indices)
-        return torch.cat(dists), torch.cat(idxs)
+        parts = [
+            self._search_chunk(queries[start : start + rows], k)
+            for start in range(0, queries.shape[0], rows)
+        ]
+        return torch.cat([d for d, _ in parts]), torch.cat([i for _, i in parts])
+
+    def _search_chunk(self, chunk: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact search of one chunk of queries against the whole bank."""
+        # ‖q‖² is constant per row, so ranking needs only ‖m‖² − 2 q·m (one fused addmm)
+        partial = torch.addmm(self.bank_squared, chunk, self.bank.T, alpha=-2.0)
+        if k == 1:
+            values, indices = partial.min(dim=1, keepdim=True)
+        else:
+            values, indices = torch.topk(partial, k, dim=1, largest=False)
+        values += (chunk * chunk).sum(1, keepdim=True)
+        return values.clamp_min(0).sqrt(), indices
 
 
 class PatchCore(PatchFeatureDetector):
