@@ -1,5 +1,6 @@
 """The SimpleNet-family base: module init, feature cache, training loop, checkpoints."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -107,3 +108,36 @@ def test_folded_inference_head_equals_the_modules():
         rows = detector.discriminator(detector.adaptor(detector._embed_cells(images).flatten(0, 1)))
     torch.testing.assert_close(cells.flatten(), rows.flatten(), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(scores, rows.reshape(2, -1).max(dim=1).values)
+
+
+def test_bce_helper_matches_torch_and_is_float32_under_autocast():
+    probabilities = torch.tensor([0.1, 0.7, 0.99])
+    expected = torch.nn.functional.binary_cross_entropy(probabilities, torch.ones(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = simplenet_base.binary_cross_entropy(probabilities.bfloat16(), 1.0)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, expected, atol=5e-3, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["pbas", "glass"])
+def test_mixed_precision_trains_and_is_labelled(train_samples, method):
+    from anomap.methods.glass import GLASS
+
+    cls = PBAS if method == "pbas" else GLASS
+    extra = {"las_pool": 1, "ascent_steps": 2} if method == "glass" else {}
+    assert not cls(**TINY).uses_mixed_precision  # "auto" is float32 on a CPU
+    with pytest.raises(ValueError, match="mixed_precision"):
+        cls(**TINY, mixed_precision="fp8")
+    settings = {**TINY, **extra, "epochs": 2, "seed": 3}
+    full = cls(**settings).fit(train_samples[:8])
+    mixed = cls(**settings, mixed_precision="bf16").fit(train_samples[:8])
+    assert mixed.training_info["precision"].startswith("bfloat16")
+    assert "precision" not in full.training_info
+    for a, b in zip(full.history, mixed.history, strict=True):
+        assert set(a) == set(b)
+        for name in a:  # same algorithm, bfloat16 matmuls: losses agree to a few percent
+            assert b[name] == pytest.approx(a[name], rel=0.1, abs=0.02)
+    # the trained weights stay float32 and the model scores in float32
+    assert mixed.discriminator.hidden.weight.dtype == torch.float32
+    scores = mixed.predict(train_samples[8:10]).scores
+    assert scores.dtype == np.float32 and np.isfinite(scores).all()

@@ -47,12 +47,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from anomap.data.images import read_image, read_mask
 from anomap.data.samples import Sample
 from anomap.methods.base import _check
-from anomap.methods.simplenet_base import SynthesisConfig, SynthesisDetector, TrainingFeatures
+from anomap.methods.simplenet_base import (
+    SynthesisConfig,
+    SynthesisDetector,
+    TrainingFeatures,
+    binary_cross_entropy,
+)
 from anomap.progress import track
 from anomap.synthesis.distribution import (
     HYPERSPHERE,
@@ -136,7 +140,7 @@ def ohem_focal_loss(
 ) -> torch.Tensor:
     """Focal loss (α 1, smoothed one-hot) on the rows whose squared error (s − m)² is at least
     its `quantile`: the hardest part of the batch."""
-    scores, targets = scores.reshape(-1), targets.reshape(-1).to(scores.dtype)
+    scores, targets = scores.reshape(-1).float(), targets.reshape(-1).float()
     errors = (scores - targets).detach() ** 2
     keep = errors >= torch.quantile(errors, quantile)
     s, m = scores[keep], targets[keep]
@@ -232,9 +236,10 @@ class GLASSFeatures(TrainingFeatures):
         ):
             chunk = jobs[start : start + size]
             views = [self.synthesis.view(i, (1, v)) for v, i in chunk]
-            embedded = self.detector._embed_cells(
-                torch.stack([v.augmented for v in views]).to(self.detector._device)
-            )
+            with self.detector.autocast():
+                embedded = self.detector._embed_cells(
+                    torch.stack([v.augmented for v in views]).to(self.detector._device)
+                )
             for (v, i), view, row in zip(chunk, views, embedded, strict=True):
                 features[v, i] = row.to(torch.float16).cpu()
                 masks[v, i] = view.cells.to(torch.uint8)
@@ -367,11 +372,12 @@ class GLASS(SynthesisDetector):
         cfg = self.config
         clean, augmented, cells = batch
         dim = clean.shape[-1]
-        true_features = self.adaptor(clean.reshape(-1, dim))
+        # float32 rows even under autocast: the ascent adds steps of 0.001 to them
+        true_features = self.adaptor(clean.reshape(-1, dim)).float()
         centres = self.centres.repeat(len(clean), 1)
         fake = mask = None
         if augmented is not None:
-            fake = self.adaptor(augmented.reshape(-1, dim))
+            fake = self.adaptor(augmented.reshape(-1, dim)).float()
             mask = cells.reshape(-1)
         radius = self._radius(true_features, fake, mask, centres)
         terms = self._gas_losses(true_features, centres, radius)
@@ -412,8 +418,8 @@ class GLASS(SynthesisDetector):
         synthetic = true_features + cfg.noise_std * torch.randn_like(true_features)
         for step in range(cfg.ascent_steps + 1):
             scores = disc.from_hidden(torch.cat([true_hidden, disc.hidden(synthetic)]))
-            normal_loss = F.binary_cross_entropy(scores[:count], torch.zeros_like(scores[:count]))
-            synthetic_loss = F.binary_cross_entropy(scores[count:], torch.ones_like(scores[count:]))
+            normal_loss = binary_cross_entropy(scores[:count], 0.0)
+            synthetic_loss = binary_cross_entropy(scores[count:], 1.0)
             if step == cfg.ascent_steps:
                 break
             (gradient,) = torch.autograd.grad(synthetic_loss, [synthetic])

@@ -34,7 +34,12 @@ import torch
 import torch.nn.functional as F
 
 from anomap.methods.base import _check
-from anomap.methods.simplenet_base import SynthesisConfig, SynthesisDetector, TrainingFeatures
+from anomap.methods.simplenet_base import (
+    SynthesisConfig,
+    SynthesisDetector,
+    TrainingFeatures,
+    binary_cross_entropy,
+)
 
 CENTRE_MOMENTUM = 0.9  # C_idx ← 0.9·C_idx + 0.1·M_j
 
@@ -102,14 +107,12 @@ class PBAS(SynthesisDetector):
         self.centres = centres
 
     def _losses(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        adapted = self.adaptor(features.reshape(-1, features.shape[-1]))
+        adapted = self.adaptor(features.reshape(-1, features.shape[-1])).float()
         centres = nearest_centres(adapted, self.centres)
         synthetic, radius = synthesise_anomalies(adapted, centres, self.config.afs_scale)
         scores = self.discriminator(torch.cat([adapted, synthetic]))
         normal, anomalous = scores.split(len(adapted))
-        bce = F.binary_cross_entropy(normal, torch.zeros_like(normal)) + F.binary_cross_entropy(
-            anomalous, torch.ones_like(anomalous)
-        )
+        bce = binary_cross_entropy(normal, 0.0) + binary_cross_entropy(anomalous, 1.0)
         return {"svdd": radius, "bce": bce}
 
     def _method_tensors(self) -> dict[str, torch.Tensor]:

@@ -83,6 +83,14 @@ class Discriminator(nn.Module):
         return torch.sigmoid(self.head(F.leaky_relu(self.norm(hidden), 0.2)))
 
 
+def binary_cross_entropy(probabilities: torch.Tensor, target: float) -> torch.Tensor:
+    """BCE of D's sigmoid outputs against a constant label, in float32 and outside autocast
+    (CUDA autocast refuses BCE on probabilities; bfloat16 logs would lose the small losses)."""
+    with torch.autocast(probabilities.device.type, enabled=False):
+        probabilities = probabilities.float()
+        return F.binary_cross_entropy(probabilities, torch.full_like(probabilities, target))
+
+
 @dataclass
 class SynthesisConfig(TrainingConfig):
     resize: int | tuple[int, int] = 288
@@ -94,10 +102,16 @@ class SynthesisConfig(TrainingConfig):
     discriminator_hidden: int = 1024
     adaptor_lr: float = 1e-4
     discriminator_lr: float = 2e-4
+    # "auto": bfloat16 autocast for the "fast" preset on CUDA, float32 otherwise
+    mixed_precision: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.preset in ("paper", "fast"), "preset must be 'paper' or 'fast'")
+        _check(
+            self.mixed_precision in ("auto", "bf16", "off"),
+            "mixed_precision must be 'auto', 'bf16' or 'off'",
+        )
         _check(self.discriminator_hidden >= 1, "discriminator_hidden must be >= 1")
         _check(self.adaptor_lr > 0 and self.discriminator_lr > 0, "learning rates must be > 0")
 
@@ -116,7 +130,8 @@ class TrainingFeatures:
         cache: torch.Tensor | None = None
         start = 0
         for images in self.detector._batches(self.samples, "caching features"):
-            cells = self.detector._embed_cells(images)
+            with self.detector.autocast():
+                cells = self.detector._embed_cells(images)
             if cache is None:
                 float32_bytes = cells[0].numel() * 4 * len(self.samples)
                 dtype = torch.float32 if float32_bytes <= CACHE_FLOAT32_LIMIT else torch.float16
@@ -204,6 +219,21 @@ class SynthesisDetector(EpochTrainedDetector, PatchFeatureDetector):
         }
 
     # ---- training -----------------------------------------------------------------------
+    @property
+    def uses_mixed_precision(self) -> bool:
+        setting = self.config.mixed_precision
+        if setting == "auto":
+            return self._device.type == "cuda" and self.config.preset == "fast"
+        return setting == "bf16"
+
+    def autocast(self) -> torch.autocast:
+        """bfloat16 autocast for the backbone and the losses when mixed precision is on:
+        matmuls in bfloat16, parameters, optimiser state and feature caches in float32;
+        bfloat16 keeps float32's range, so no loss scaling is needed."""
+        return torch.autocast(
+            self._device.type, dtype=torch.bfloat16, enabled=self.uses_mixed_precision
+        )
+
     def _training_features(self, train: list[Sample]) -> TrainingFeatures:
         """What each epoch iterates; a method with image-level synthesis (GLASS) returns a
         source whose batches also carry its augmented views."""
@@ -219,6 +249,8 @@ class SynthesisDetector(EpochTrainedDetector, PatchFeatureDetector):
         ):
             cfg.resize = LARGER_RESIZE
             self.training_info["resize_exception"] = f"{LARGER_RESIZE} for {self.categories}"
+        if self.uses_mixed_precision:
+            self.training_info["precision"] = "bfloat16 autocast (mixed precision)"
         self._build_modules()
         optimisers = self._optimisers()
         features = self._training_features(train)
@@ -243,7 +275,8 @@ class SynthesisDetector(EpochTrainedDetector, PatchFeatureDetector):
         for batch in features.batches(self._epoch_label(epoch)):
             for optimiser in optimisers.values():
                 optimiser.zero_grad(set_to_none=True)
-            terms = self._losses(batch)
+            with self.autocast():
+                terms = self._losses(batch)
             total = sum(terms.values())
             total.backward()
             for optimiser in optimisers.values():
@@ -264,12 +297,16 @@ class SynthesisDetector(EpochTrainedDetector, PatchFeatureDetector):
         rows = patch_rows(feature_map)
         weight, bias = self._folded_hidden_layer()
         head = self.discriminator.head.weight.T
-        scores = torch.empty((len(rows), 1), dtype=rows.dtype, device=rows.device)
-        # on a CPU, row chunks keep the 1024-wide hidden layer in cache (≈1.6× faster head)
-        chunk = len(rows) if rows.is_cuda else HEAD_CHUNK_ROWS
-        for start in range(0, len(rows), chunk):
-            hidden = torch.addmm(bias, rows[start : start + chunk], weight.T)
-            torch.mm(F.leaky_relu_(hidden, 0.2), head, out=scores[start : start + chunk])
+        if torch.onnx.is_in_onnx_export():
+            # one chunk and no out= buffer: a traced chunk loop would freeze the batch size
+            scores = torch.mm(F.leaky_relu(torch.addmm(bias, rows, weight.T), 0.2), head)
+        else:
+            scores = torch.empty((len(rows), 1), dtype=rows.dtype, device=rows.device)
+            # on a CPU, row chunks keep the 1024-wide hidden layer in cache (≈1.6× faster head)
+            chunk = len(rows) if rows.is_cuda else HEAD_CHUNK_ROWS
+            for start in range(0, len(rows), chunk):
+                hidden = torch.addmm(bias, rows[start : start + chunk], weight.T)
+                torch.mm(F.leaky_relu_(hidden, 0.2), head, out=scores[start : start + chunk])
         cells = scores.sigmoid_().reshape(batch, height, width)
         return cells.flatten(1).max(dim=1).values, cells
 
