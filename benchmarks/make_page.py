@@ -90,6 +90,52 @@ def _models_mb(rows: dict[str, Any], *, unified: bool) -> str:
     return f"{sizes[0] if unified else sum(sizes):.1f}"
 
 
+# the variant each method is shown with in the README's method table, and what it changes
+HEADLINE = {
+    "patchcore": ("accuracy_patchcore.json", "coreset 0.1"),
+    "pbas": ("accuracy_pbas.json", None),
+    "glass": ("accuracy_glass.json", None),
+    "uniad": ("accuracy_uniad_unified.json", None),  # UniAD's point: one model
+}
+DEVIATIONS = {
+    "patchcore": "Lite0 152-d features (paper: WRN-50, 1024-d); coreset starts from one "
+    "random point; the paper's eq. 7 re-weighting is applied (the reference code omits it)",
+    "pbas": "Lite0 152-d features (paper: WRN-50, 1536-d); far fewer than 640 epochs on CPU; "
+    "last epoch kept (paper: best test-set epoch)",
+    "glass": "Lite0 152-d features; procedural textures instead of DTD and generated "
+    "foreground masks (both labelled); far fewer than 640 epochs; last epoch kept",
+    "uniad": "Lite0 stages, 192 channels (paper: EfficientNet-B4, 272); far fewer than 1000 "
+    "epochs; last epoch kept",
+}
+
+
+def _headline_cell(method: str, dataset: str) -> str:
+    name, variant = HEADLINE[method]
+    payload = _load(name)
+    if payload is None:
+        return "–"
+    results = payload["results"][variant] if variant else payload["results"]
+    rows = results.get(dataset)
+    if not rows:
+        return "–"
+    values = " / ".join(f"{v:.1f}" for v in _mean_row(rows)[:3])
+    epochs = payload.get("settings", {}).get(dataset, {}).get("epochs")
+    return f"{values}" + (f" ({epochs} ep.)" if epochs else "")
+
+
+def methods_table() -> str:
+    """Each method's default variant (one model per category; UniAD one unified model),
+    with its deviations."""
+    lines = [
+        "| method | synth mean: I-AUROC / P-AUROC / AUPRO | ball_screw | deviations |",
+        "|---|---|---|---|",
+    ]
+    for method in METHOD_ORDER:
+        synth, shared = _headline_cell(method, "synth"), _headline_cell(method, "shared")
+        lines.append(f"| `{method}` | {synth} | {shared} | {DEVIATIONS[method]} |")
+    return "\n".join(lines) + "\n"
+
+
 def _row_order(path: Path) -> tuple[int, bool, str]:
     """Methods in the README's order, per-category models before unified ones."""
     method = path.stem.removeprefix("accuracy_").split("_")[0]
@@ -179,19 +225,24 @@ def main() -> None:
 
 
 def update_readme() -> None:
-    """Replace each generated summary in the README (between `<!-- results:DATASET -->` and
-    the next `<!-- /results -->`) with that dataset's summary table, so the README's numbers
-    are the results files' numbers."""
+    """Replace each generated block in the README (between `<!-- results:NAME -->` and the
+    next `<!-- /results -->`: the method table and each dataset's summary) with a fresh one,
+    so the README's numbers are the results files' numbers."""
     readme = ROOT / "README.md"
     text = readme.read_text(encoding="utf-8")
     end = "<!-- /results -->"
-    for dataset in ("synth", "shared"):
-        start = f"<!-- results:{dataset} -->"
+    blocks = {
+        "methods": methods_table,
+        "synth": lambda: summary_table("synth"),
+        "shared": lambda: summary_table("shared"),
+    }
+    for name, make in blocks.items():
+        start = f"<!-- results:{name} -->"
         if start not in text:
             continue
         head, rest = text.split(start, 1)
         tail = rest.split(end, 1)[1]
-        text = f"{head}{start}\n{summary_table(dataset)}{end}{tail}"
+        text = f"{head}{start}\n{make()}{end}{tail}"
     readme.write_text(text, encoding="utf-8")
 
 
