@@ -134,13 +134,15 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
         notes = [n for n in notes if n]
         if notes:
             sections.append("Non-faithful parts of these runs: " + " | ".join(notes) + "\n")
+        machine = payload["machines"][name]
+        sections.append(
+            f"Machine for {name}: {machine['processor']}, {machine['cpu_count']} CPUs, "
+            f"torch {machine['torch']}, {machine['torch_threads']} torch threads.\n"
+        )
     sections.append("Protocol: " + "; ".join(f"{k}: {v}" for k, v in payload["protocol"].items()))
-    machine = payload["machine"]
     sections.append(
-        f"\nMachine: {machine['processor']}, {machine['cpu_count']} CPUs, "
-        f"torch {machine['torch']}, {machine['torch_threads']} torch threads."
-        " Training times were measured while other jobs shared the 2 cores; compare them within "
-        "a table, not across tables.\n"
+        "\nTraining times were measured while other jobs shared the 2 cores; compare them "
+        "within a table, not across tables.\n"
     )
     write_text_atomic("\n".join(sections), path)
 
@@ -168,6 +170,8 @@ def main() -> None:
     results: dict = previous.get("results", {})
     commands: dict = previous.get("commands", {})
     used: dict = previous.get("settings", {})
+    # files written before machines were kept per dataset have one "machine" for all
+    machines: dict = previous.get("machines") or {n: previous["machine"] for n in results}
     command = "python benchmarks/accuracy_methods.py " + " ".join(sys.argv[1:])
     geometry = UNIAD_GEOMETRY if args.method == "uniad" else GEOMETRY
     for name in args.datasets:
@@ -188,6 +192,7 @@ def main() -> None:
         )
         commands[name] = command
         used[name] = settings
+        machines[name] = machine_info(resolve_device("cpu"))
     payload = {
         "benchmark": f"{args.method} accuracy"
         + (f" (preset {args.preset})" if args.preset else "")
@@ -203,7 +208,7 @@ def main() -> None:
             "oracle": f"I-AUROC + P-AUROC on the test set every {args.eval_every} epochs",
         },
         "results": results,
-        "machine": machine_info(resolve_device("cpu")),
+        "machines": machines,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(json.dumps(payload, indent=2, default=float), args.out / f"{stem}.json")
