@@ -166,3 +166,54 @@ def test_cli_export_then_predict(fitted, categories, tmp_path):
     expected = detector.predict([r["path"] for r in rows])
     assert_close(np.array([r["score"] for r in rows]), expected.scores)
     assert [r["anomalous"] for r in rows] == expected.is_anomalous.tolist()
+
+
+def test_bench_onnx_runners_compute_what_they_time(fitted, tmp_path):
+    """The onnxruntime model and backbone the speed benchmark times give torch's outputs."""
+    from anomap.benchmark import _onnx_runners
+
+    detector, _ = fitted("pbas")
+    run_model, run_backbone = _onnx_runners(detector, tmp_path / "model.onnx", threads=1)
+    images = torch.randn(3, 3, 64, 64)
+    with torch.inference_mode():
+        features = detector.backbone(images)
+        scores, maps = detector.predict_tensor(images)
+    for actual, expected in zip(run_backbone(images.numpy()), features, strict=True):
+        assert_close(actual, expected.numpy())
+    onnx_scores, onnx_maps = run_model(images.numpy())
+    assert_close(onnx_scores, scores.numpy())
+    assert_close(onnx_maps, maps.numpy())
+
+
+@pytest.mark.parametrize("onnx", [False, True])
+def test_speed_benchmark_onnx_columns(tmp_path, onnx):
+    """`onnx=True` adds the onnxruntime fields and columns; without it the output is as
+    before."""
+    from anomap.benchmark import run_speed_benchmark
+
+    result = run_speed_benchmark(
+        tmp_path,
+        methods=["pbas"],
+        batch_sizes=(1,),
+        size=64,
+        device="cpu",
+        n_train=4,
+        min_seconds=0.01,
+        onnx=onnx,
+    )
+    (row,) = result["json"]["rows"]
+    markdown = result["markdown"]
+    assert json.loads((tmp_path / "speed_cpu.json").read_text()) == result["json"]
+    assert (tmp_path / "speed_cpu.md").read_text() == markdown
+    if not onnx:
+        assert not [key for key in (*row, *result["json"]) if "onnx" in key]
+        assert "| batch | method | backbone img/s | method img/s | ratio |\n" in markdown
+        assert "ORT" not in markdown and "--onnx" not in markdown
+        return
+    for key in ("onnx_img_s", "onnx_backbone_img_s", "onnx_ratio", "onnx_vs_torch"):
+        assert row[key] > 0
+    assert row["onnx_vs_torch"] == pytest.approx(row["onnx_img_s"] / row["method_img_s"])
+    assert result["json"]["onnxruntime"]["intra_op_num_threads"] == torch.get_num_threads()
+    assert result["json"]["command"].endswith("--onnx")
+    assert "| ORT backbone img/s | ORT method img/s | ORT ratio | ORT ÷ torch |" in markdown
+    assert f"| {row['onnx_img_s']:.1f} | {row['onnx_ratio']:.2f} |" in markdown

@@ -1,7 +1,9 @@
 """Speed of the full inference path, measured against the bare backbone in the same run.
 
 The ratio (method img/s ÷ backbone img/s) is the number that matters: it says how close to
-the cost of the feature extractor alone a method runs, independent of the machine.
+the cost of the feature extractor alone a method runs, independent of the machine. With
+`onnx=True` the exported model and the exported bare backbone are timed on onnxruntime too,
+so the same ratio, and the gain over torch, can be read for the deployed form.
 """
 
 from __future__ import annotations
@@ -14,9 +16,14 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from anomap.methods.base import Detector
 
 
 def _throughput(fn: Callable[[], Any], batch: int, min_seconds: float, min_runs: int) -> float:
@@ -51,6 +58,24 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def _onnx_runners(
+    detector: Detector, path: Path, threads: int
+) -> tuple[Callable[[np.ndarray], Any], Callable[[np.ndarray], Any]]:
+    """(whole model, bare backbone) run by onnxruntime on a preprocessed batch: the model as
+    `export_onnx` writes it (dynamic batch) through `OnnxDetector.predict_batch`, and the
+    backbone exported alone by the same exporter, its outputs the feature maps."""
+    from anomap.export import INPUT, OnnxDetector, _onnx_bytes, export_onnx, onnx_session
+
+    model = OnnxDetector(export_onnx(detector, path), threads=threads)
+    backbone = detector.backbone
+    # a batch of 2, as export_onnx uses, so no size-1 broadcast is taken for the batch axis
+    example = torch.zeros(2, 3, *detector.preprocess.output_size)
+    outputs = [f"features{i}" for i in range(len(backbone.layers))]
+    graph = _onnx_bytes(backbone, example, outputs, dynamic_batch=True)
+    session = onnx_session(graph, threads=threads)
+    return model.predict_batch, lambda batch: session.run(None, {INPUT: batch})
+
+
 # (label, method, settings): each fitted briefly; inference cost does not depend on how long
 # a model trained, only on its shape
 SPEED_VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
@@ -71,12 +96,14 @@ def run_speed_benchmark(
     device: str = "auto",
     n_train: int = 100,
     min_seconds: float = 3.0,
+    onnx: bool = False,
 ) -> dict[str, Any]:
     """Fit every variant of `SPEED_VARIANTS` (or those of `methods`) on a generated category of
     `n_train` good images, then time `predict_tensor` (the whole inference path: features,
     the method's head, upsampling, blur) and that detector's bare backbone on the same
-    preprocessed batches, interleaved so both see the same machine state.
-    Writes speed_<device>.json/.md."""
+    preprocessed batches, interleaved so both see the same machine state. `onnx` adds the
+    exported model and exported backbone on onnxruntime, timed on the same batches (CPU only:
+    `OnnxDetector` uses onnxruntime's CPU provider). Writes speed_<device>.json/.md."""
     from anomap.data.synth import generate
     from anomap.methods import get_method
     from anomap.methods.base import resolve_device
@@ -84,7 +111,10 @@ def run_speed_benchmark(
     torch_device = resolve_device(device)
     resize = size + size // 7  # the paper's 256 -> 224 ratio
     variants = [v for v in SPEED_VARIANTS if methods is None or v[1] in methods]
+    measure_onnx = onnx and torch_device.type == "cpu"
+    threads = torch.get_num_threads()
     detectors = {}
+    runners = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = generate(
             tmp,
@@ -94,13 +124,16 @@ def run_speed_benchmark(
             n_test_good=1,
             n_test_defect=1,
         )[0]
-        for label, method, settings in variants:
+        for index, (label, method, settings) in enumerate(variants):
             geometry = {"resize": resize, "crop": size}
             if method == "uniad":  # UniAD resizes straight to a square, no crop (§4.2)
                 geometry = {"resize": (size, size), "crop": None}
             detectors[label] = get_method(method)(
                 device=str(torch_device), **geometry, **settings
             ).fit(folder)
+            if measure_onnx:
+                path = Path(tmp) / f"{index}_{method}.onnx"
+                runners[label] = _onnx_runners(detectors[label], path, threads)
     rows = []
     for batch in batch_sizes:
         images = torch.randn(batch, 3, size, size, device=torch_device)
@@ -115,21 +148,31 @@ def run_speed_benchmark(
             method = _throughput(
                 lambda d=detector, x=images: d.predict_tensor(x), batch, min_seconds, 3
             )
-            rows.append(
-                {
-                    "batch": batch,
-                    "variant": label,
-                    "layers": list(backbone.layers),
-                    "backbone_img_s": base,
-                    "method_img_s": method,
-                    "ratio": method / base,
-                }
-            )
+            row = {
+                "batch": batch,
+                "variant": label,
+                "layers": list(backbone.layers),
+                "backbone_img_s": base,
+                "method_img_s": method,
+                "ratio": method / base,
+            }
+            if label in runners:
+                run_model, run_backbone = runners[label]
+                array = images.numpy()
+                onnx_base = _throughput(lambda f=run_backbone, x=array: f(x), batch, min_seconds, 3)
+                onnx_method = _throughput(lambda f=run_model, x=array: f(x), batch, min_seconds, 3)
+                row.update(
+                    onnx_backbone_img_s=onnx_base,
+                    onnx_img_s=onnx_method,
+                    onnx_ratio=onnx_method / onnx_base,
+                    onnx_vs_torch=onnx_method / method,
+                )
+            rows.append(row)
     name = next(iter(detectors.values())).backbone.spec.name
     result = {
         "benchmark": "inference speed: each method's predict path vs its bare backbone, same run",
         "command": f"anomap bench --batch-sizes {','.join(map(str, batch_sizes))} "
-        f"--size {size} --device {device}",
+        f"--size {size} --device {device}" + (" --onnx" if onnx else ""),
         "backbone": name,
         "input": [3, size, size],
         "train_images": n_train,
@@ -137,18 +180,47 @@ def run_speed_benchmark(
         "peak_memory_mb": _peak_memory_mb(torch_device),
         "machine": machine_info(torch_device),
     }
+    columns = ["batch", "method", "backbone img/s", "method img/s", "ratio"]
+    notes = []
+    if measure_onnx:
+        from anomap.export import _require
+
+        version = _require("onnxruntime").__version__
+        result["onnxruntime"] = {"version": version, "intra_op_num_threads": threads}
+        columns += ["ORT backbone img/s", "ORT method img/s", "ORT ratio", "ORT ÷ torch"]
+        notes.append(
+            f"ORT columns: onnxruntime {version}, CPU provider, intra_op_num_threads = {threads} "
+            "(torch's thread count, so both run on the same cores), timed on the same batches: "
+            "the model as `anomap export` writes it (dynamic batch) through "
+            "`OnnxDetector.predict_batch`, and the backbone exported alone by the same "
+            "exporter. ORT ÷ torch = ORT method img/s ÷ torch method img/s. Peak memory "
+            "includes the onnxruntime sessions."
+        )
+    elif onnx:
+        result["onnx_skipped"] = "onnxruntime is timed on CPU only (OnnxDetector's provider)"
+        notes.append(f"`--onnx` ignored: {result['onnx_skipped']}.")
+
+    def cells(r: dict[str, Any]) -> str:
+        text = (
+            f"| {r['batch']} | {r['variant']} | {r['backbone_img_s']:.1f} "
+            f"| {r['method_img_s']:.1f} | {r['ratio']:.2f} |"
+        )
+        if "onnx_img_s" in r:
+            text += (
+                f" {r['onnx_backbone_img_s']:.1f} | {r['onnx_img_s']:.1f} "
+                f"| {r['onnx_ratio']:.2f} | {r['onnx_vs_torch']:.2f} |"
+            )
+        return text
+
     lines = [
         f"Inference ({name}, {size}², fitted on {n_train} images) on {torch_device.type}; "
         "the backbone column is each method's own feature extractor alone.",
         "",
-        "| batch | method | backbone img/s | method img/s | ratio |",
-        "|---:|---|---:|---:|---:|",
-        *(
-            f"| {r['batch']} | {r['variant']} | {r['backbone_img_s']:.1f} "
-            f"| {r['method_img_s']:.1f} | {r['ratio']:.2f} |"
-            for r in rows
-        ),
+        f"| {' | '.join(columns)} |",
+        "|---:|---|" + "---:|" * (len(columns) - 2),
+        *(cells(r) for r in rows),
         "",
+        *(f"{note}\n" for note in notes),
         f"Peak memory (process): {result['peak_memory_mb']:.0f} MB. Command: `{result['command']}`",
     ]
     markdown = "\n".join(lines) + "\n"

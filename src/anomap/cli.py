@@ -535,11 +535,18 @@ def bench(
         "patchcore,pbas,glass,uniad", help="Comma-separated methods to time."
     ),
     device: str = Device,
+    onnx: bool = typer.Option(
+        False,
+        "--onnx",
+        help="Also time the exported model and backbone on onnxruntime (CPU only; needs "
+        "anomap's onnx extra).",
+    ),
     quiet: bool = Quiet,
     as_json: bool = AsJson,
 ) -> None:
     """Inference throughput of each method's full predict path against its bare backbone in
-    the same run, and peak memory; writes JSON + markdown."""
+    the same run, and peak memory; writes JSON + markdown. With --onnx, the same on
+    onnxruntime, and its speed-up over torch."""
     from anomap.benchmark import run_speed_benchmark
 
     _setup(quiet)
@@ -549,6 +556,7 @@ def bench(
         methods=[m for m in methods.split(",") if m],
         size=size,
         device=device,
+        onnx=onnx,
     )
     _print(result["json"], as_json, None if quiet else result["markdown"])
 

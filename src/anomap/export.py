@@ -22,7 +22,7 @@ import importlib
 import io
 import json
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -102,6 +102,43 @@ def _metadata(detector: Detector, input_size: tuple[int, int]) -> dict[str, str]
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
 
 
+def _onnx_bytes(
+    module: nn.Module,
+    example: torch.Tensor,
+    outputs: Sequence[str],
+    *,
+    dynamic_batch: bool,
+    opset: int = DEFAULT_OPSET,
+) -> bytes:
+    """`module` traced on `example` (input `images`) to a serialized ONNX model, with the
+    exporter settings of `export_onnx`; shared so the speed benchmark can export a bare
+    backbone exactly as the whole model is exported."""
+    dynamic = {name: {0: "batch"} for name in (INPUT, *outputs)}
+    buffer = io.BytesIO()
+    # The TorchScript exporter (dynamo=False, deprecated since torch 2.9 but present): it
+    # exports each method in under a second, where the dynamo exporter gave the same numbers
+    # but took 10-30 s per small model here (too slow for a CLI step and the tests) and needs
+    # onnxscript. Tracing records one path, so code whose shape depends on the batch takes a
+    # loop-free branch under torch.onnx.is_in_onnx_export(); tests run batches other than 2.
+    # Its warnings are silenced: tracer notes on shape-derived constants, its deprecation,
+    # and negative-index advice (indices here come from argmax/arange, never negative).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator")
+        torch.onnx.export(
+            module,
+            (example,),
+            buffer,
+            dynamo=False,
+            input_names=[INPUT],
+            output_names=list(outputs),
+            dynamic_axes=dynamic if dynamic_batch else None,
+            opset_version=opset,
+        )
+    return buffer.getvalue()
+
+
 def export_onnx(
     detector: Detector,
     path: str | Path,
@@ -130,30 +167,8 @@ def export_onnx(
     graph = _InferenceGraph(detector).eval()
     # an example batch of 2, not 1, so no size-1 broadcast is mistaken for the batch axis
     example = torch.zeros(batch_size or 2, 3, height, width, device=detector._device)
-    dynamic = {name: {0: "batch"} for name in (INPUT, *OUTPUTS)}
-    buffer = io.BytesIO()
-    # The TorchScript exporter (dynamo=False, deprecated since torch 2.9 but present): it
-    # exports each method in under a second, where the dynamo exporter gave the same numbers
-    # but took 10-30 s per small model here (too slow for a CLI step and the tests) and needs
-    # onnxscript. Tracing records one path, so code whose shape depends on the batch takes a
-    # loop-free branch under torch.onnx.is_in_onnx_export(); tests run batches other than 2.
-    # Its warnings are silenced: tracer notes on shape-derived constants, its deprecation,
-    # and negative-index advice (indices here come from argmax/arange, never negative).
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message="Exporting aten::index operator")
-        torch.onnx.export(
-            graph,
-            (example,),
-            buffer,
-            dynamo=False,
-            input_names=[INPUT],
-            output_names=list(OUTPUTS),
-            dynamic_axes=None if batch_size else dynamic,
-            opset_version=opset,
-        )
-    model = onnx.load_model_from_string(buffer.getvalue())
+    data = _onnx_bytes(graph, example, OUTPUTS, dynamic_batch=batch_size is None, opset=opset)
+    model = onnx.load_model_from_string(data)
     model.doc_string = GRAPH_DOC
     for key, value in _metadata(detector, (height, width)).items():
         model.metadata_props.add(key=key, value=value)
@@ -162,19 +177,31 @@ def export_onnx(
     return path
 
 
+def onnx_session(
+    model: str | bytes, *, providers: list[str] | None = None, threads: int | None = None
+) -> Any:
+    """An onnxruntime session (CPU provider unless `providers` says otherwise); `threads`
+    sets its intra-op thread count (onnxruntime's default ignores torch's setting and
+    OMP_NUM_THREADS)."""
+    ort = _require("onnxruntime")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(model, options, providers=providers or ["CPUExecutionProvider"])
+
+
 class OnnxDetector:
     """An exported model run by onnxruntime (CPU by default): `predict` returns the same
     `Prediction` as `Detector.predict`, and only preprocessing uses torch."""
 
-    def __init__(self, path: str | Path, *, providers: list[str] | None = None) -> None:
-        ort = _require("onnxruntime")
+    def __init__(
+        self, path: str | Path, *, providers: list[str] | None = None, threads: int | None = None
+    ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise ArtifactError(f"model file not found: {self.path}")
         try:
-            self.session = ort.InferenceSession(
-                str(self.path), providers=providers or ["CPUExecutionProvider"]
-            )
+            self.session = onnx_session(str(self.path), providers=providers, threads=threads)
         except Exception as exc:  # noqa: BLE001 - any load failure means an unusable file
             raise ArtifactError(f"{self.path} is not a readable ONNX model: {exc}") from exc
         meta = self.session.get_modelmeta().custom_metadata_map
