@@ -159,7 +159,7 @@ def test_foreground_from_files(tmp_path):
     detector.categories = ["part"]
     detector._build_modules()
     features = GLASSFeatures(detector, train, cache=False)
-    assert features.synthesis.foreground_mode == "files"
+    assert set(features.synthesis.foreground_modes.values()) == {"files"}
     for i in range(5):
         cells = features.synthesis.view(0, (0, i)).cells.reshape(8, 8)
         assert cells[:2].sum() == 0 and cells[:, :2].sum() == 0  # outside the foreground
@@ -167,6 +167,24 @@ def test_foreground_from_files(tmp_path):
         "non_faithful" not in detector.training_info
         or "foreground" not in (detector.training_info["non_faithful"])
     )
+
+
+def test_foreground_mode_is_chosen_per_category(tmp_path):
+    """A unified model over an object with fg_mask files and a texture class masks each as
+    its own run would: files for the object, none for the texture."""
+    root = tmp_path / "data"
+    (root / "fg_mask" / "part").mkdir(parents=True)
+    for name in ("part", "carpet"):
+        (root / name / "train" / "good").mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (64, 64), (i * 20, 90, 90)).save(root / f"{name}/train/good/{i}.png")
+            if name == "part":
+                Image.new("L", (64, 64), 255).save(root / f"fg_mask/part/{i}.png")
+    train = [s for c in discover(root) for s in c.train]
+    detector = GLASS(**TINY)
+    detector.categories = ["carpet", "part"]
+    assert detector._foreground_modes(train) == {"carpet": "none", "part": "files"}
+    assert detector.training_info["foreground"] == {"carpet": "none", "part": "files"}
 
 
 @pytest.fixture(scope="module")

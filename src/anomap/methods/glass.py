@@ -171,13 +171,14 @@ class LocalSynthesis:
         self.samples = samples
         self.grid = grid
         self.textures = DirectoryTextures(cfg.textures) if cfg.textures else ProceduralTextures()
-        self.foreground_mode = detector._foreground_mode(samples)
+        self.foreground_modes = detector._foreground_modes(samples)
         self.mask_files = [load_foreground_masks(None, s.category, [s.path])[0] for s in samples]
         self._foregrounds: dict[int, np.ndarray | None] = {}
 
     def _foreground(self, index: int, image: np.ndarray) -> np.ndarray | None:
         if index not in self._foregrounds:
-            mode, pre = self.foreground_mode, self.detector.preprocess
+            mode = self.foreground_modes[self.samples[index].category]
+            pre = self.detector.preprocess
             mask = None
             if mode == "files":
                 source = self.mask_files[index]
@@ -307,20 +308,30 @@ class GLASS(SynthesisDetector):
             probe = self._embed(torch.zeros(1, 3, height, width, device=self._device))
         return tuple(probe.shape[-2:])
 
-    def _foreground_mode(self, samples: list[Sample]) -> str:
-        """Where LAS masks may go: "files" (the authors' fg_mask folder, faithful), "none" (all
-        pixels; faithful for MPDD, whose reference runs use fg = 0) or "generated"."""
-        mode, names = self.config.foreground, set(self.categories)
-        mpdd = bool(names) and names <= set(PUBLISHED_HYPOTHESIS["mpdd"])
+    def _foreground_modes(self, samples: list[Sample]) -> dict[str, str]:
+        """Per category, where LAS masks may go: "files" (the authors' fg_mask folder,
+        faithful), "none" (all pixels; faithful for MPDD, whose reference runs use fg = 0) or
+        "generated". Decided per category, so a unified model over textures and objects
+        treats each as its own run would."""
+        groups: dict[str, list[Sample]] = {}
+        for sample in samples:
+            groups.setdefault(sample.category, []).append(sample)
+        modes = {name: self._foreground_mode(name, group) for name, group in groups.items()}
+        distinct = sorted(set(modes.values()))
+        self.training_info["foreground"] = distinct[0] if len(distinct) == 1 else modes
+        return modes
+
+    def _foreground_mode(self, category: str, samples: list[Sample]) -> str:
+        mode = self.config.foreground
+        mpdd = category in PUBLISHED_HYPOTHESIS["mpdd"]
         if mode == "auto":
-            if load_foreground_masks(None, samples[0].category, [samples[0].path])[0]:
+            if load_foreground_masks(None, category, [samples[0].path])[0]:
                 mode = "files"
-            elif mpdd or names & set().union(*TEXTURE_CLASSES.values()):
+            elif mpdd or category in set().union(*TEXTURE_CLASSES.values()):
                 mode = "none"
             else:
                 preview = [np.asarray(read_image(s.path).resize((128, 128))) for s in samples[:16]]
                 mode = "none" if looks_like_texture(preview) else "generated"
-        self.training_info["foreground"] = mode
         if mode == "generated" or (mode == "none" and not mpdd):
             self._non_faithful(f"foreground masks: {mode} instead of the authors' fg_mask files")
         return mode
