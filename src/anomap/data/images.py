@@ -9,6 +9,7 @@ EXIF orientation is not applied, so images stay pixel-aligned with their masks.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,25 +46,33 @@ def list_images(folder: str | Path) -> list[Path]:
 
 @contextmanager
 def _open(path: Path, kind: str) -> Iterator[Image.Image]:
-    """Open an image lazily, turning every way it can fail into a DataError about `path`."""
+    """Open an image file lazily, turning every way it can fail into a DataError about it."""
     if not path.exists():
         raise DataError(f"{kind} file not found: {path}")
     if not path.is_file():
         raise DataError(f"cannot read {kind} {path}: it is not a file")
-    if path.stat().st_size == 0:
-        raise DataError(f"cannot read {kind} {path}: the file is empty (0 bytes)")
+    with _decoding(path, path, kind) as image:
+        yield image
+
+
+@contextmanager
+def _decoding(source: Path | bytes, name: str | Path, kind: str) -> Iterator[Image.Image]:
+    """PIL's image of a file or of bytes in memory, every failure a DataError naming it."""
+    size = source.stat().st_size if isinstance(source, Path) else len(source)
+    if size == 0:
+        raise DataError(f"cannot read {kind} {name}: the file is empty (0 bytes)")
     try:
-        with Image.open(path) as image:
+        with Image.open(source if isinstance(source, Path) else io.BytesIO(source)) as image:
             yield image
     except DataError:
         raise
     except UnidentifiedImageError as exc:
         raise DataError(
-            f"cannot read {kind} {path}: not a recognised image format, or its header is corrupt"
+            f"cannot read {kind} {name}: not a recognised image format, or its header is corrupt"
         ) from exc
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
         raise DataError(
-            f"cannot read {kind} {path}: the file is corrupt or truncated ({exc})"
+            f"cannot read {kind} {name}: the file is corrupt or truncated ({exc})"
         ) from exc
 
 
@@ -123,6 +132,13 @@ def read_image(path: str | Path) -> Image.Image:
     with _open(path, "image") as image:
         image.load()
         return to_rgb(image, path)
+
+
+def decode_image(data: bytes, name: str) -> Image.Image:
+    """`read_image` for encoded bytes in memory (an upload), `name` naming it in errors."""
+    with _decoding(data, name, "image") as image:
+        image.load()
+        return to_rgb(image, Path(name))
 
 
 def _mask_foreground(image: Image.Image) -> np.ndarray:

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
-import io
 from dataclasses import dataclass
-from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from anomap.data.images import to_rgb
+from anomap.data.images import decode_image
 from anomap.errors import AnomapError
 
 FIELD = "image"
@@ -35,25 +33,13 @@ class Upload:
     image: Image.Image
 
 
-def decode_image(data: bytes, filename: str) -> Image.Image:
-    """8-bit RGB, converted as `anomap.data.images.read_image` converts files, so a served
-    image scores exactly as the same file given to `anomap predict`."""
-    if not data:
-        raise RequestError(f"cannot read image {filename}: it is empty (0 bytes)")
+def decode_upload(data: bytes, filename: str) -> Image.Image:
+    """8-bit RGB, decoded and converted as `anomap predict` reads files, so a served image
+    scores exactly as the same file; a bad upload is a RequestError (HTTP 400)."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            return to_rgb(image, Path(filename))
+        return decode_image(data, filename)
     except AnomapError as exc:
         raise RequestError(str(exc)) from exc
-    except UnidentifiedImageError as exc:
-        raise RequestError(
-            f"cannot read image {filename}: not a recognised image format, or its header is corrupt"
-        ) from exc
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
-        raise RequestError(
-            f"cannot read image {filename}: the file is corrupt or truncated ({exc})"
-        ) from exc
 
 
 def _multipart_files(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
@@ -83,4 +69,4 @@ def read_uploads(content_type: str, body: bytes, filename: str) -> list[Upload]:
         files = _multipart_files(content_type, body)
     else:
         files = [(filename, body)]
-    return [Upload(name, decode_image(data, name)) for name, data in files]
+    return [Upload(name, decode_upload(data, name)) for name, data in files]
