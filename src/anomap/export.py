@@ -271,14 +271,5 @@ class OnnxDetector:
         """Score image paths, PIL images, uint8 arrays or a preprocessed tensor batch, as
         `Detector.predict` does; `category` picks its threshold in a unified model."""
         results = [self.predict_batch(batch) for batch in self._batches(images)]
-        scores = np.concatenate([s for s, _ in results]) if results else np.zeros(0, np.float32)
-        maps = (
-            np.concatenate([m for _, m in results]) if results else np.zeros((0, 0, 0), np.float32)
-        )
-        cal = self.calibration_for(category)
-        return Prediction(
-            scores=scores,
-            maps=maps,
-            normalized=cal.normalize(scores) if cal else None,
-            is_anomalous=cal.decide(scores) if cal else None,
-        )
+        scores, maps = [s for s, _ in results], [m for _, m in results]
+        return Prediction.join(scores, maps, self.calibration_for(category))

@@ -112,6 +112,21 @@ class Prediction:
     def __len__(self) -> int:
         return len(self.scores)
 
+    @classmethod
+    def join(
+        cls, scores: list[np.ndarray], maps: list[np.ndarray], calibration: Calibration | None
+    ) -> Prediction:
+        """Per-batch scores and maps in one Prediction, normalised and decided by
+        `calibration` when there is one."""
+        score_array = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+        map_array = np.concatenate(maps) if maps else np.zeros((0, 0, 0), np.float32)
+        return cls(
+            scores=score_array,
+            maps=map_array,
+            normalized=calibration.normalize(score_array) if calibration else None,
+            is_anomalous=calibration.decide(score_array) if calibration else None,
+        )
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -316,15 +331,7 @@ class Detector:
             batch_scores, batch_maps = self.predict_tensor(batch)
             scores.append(batch_scores.float().cpu().numpy())
             maps.append(batch_maps.float().cpu().numpy())
-        score_array = np.concatenate(scores) if scores else np.zeros(0, np.float32)
-        map_array = np.concatenate(maps) if maps else np.zeros((0, 0, 0), np.float32)
-        cal = self.calibration_for(category)
-        return Prediction(
-            scores=score_array,
-            maps=map_array,
-            normalized=cal.normalize(score_array) if cal else None,
-            is_anomalous=cal.decide(score_array) if cal else None,
-        )
+        return Prediction.join(scores, maps, self.calibration_for(category))
 
     def save(self, path: str | Path) -> Path:
         """Write the model as one safetensors file with JSON metadata (no pickle)."""
