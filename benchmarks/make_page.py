@@ -42,6 +42,17 @@ numbers are what a CPU user gets in minutes, not the methods' ceilings.
   256×624: the papers' centre crop would drop two thirds of each strip and its defects.
 - The synthetic categories come from `anomap synth` (seed 0, defaults); their defects are drawn
   differently from any method's training-time synthesis.
+
+## Reading unified against per-category rows
+
+An epoch of a unified model passes over every category's images, so at the same epoch count
+it takes about four times as many optimiser steps on synth as each per-category model (GLASS
+caps an epoch at 392 images, §2.4.5). At these short CPU schedules that, more than sharing,
+explains why unified GLASS and UniAD score higher in image AUROC than their per-category
+runs; the models-MB column shows the other side: one model instead of four. The GLASS
+unified run predates per-category foreground masks (commit "GLASS: foreground mode chosen per
+category"): it drew LAS masks inside generated foregrounds on the two texture categories too,
+which its `training_info` records ("foreground masks: generated").
 """
 
 ANOMALIB_NOTES = """### Where anomalib wins, why, and what would close the gap
