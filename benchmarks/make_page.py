@@ -51,8 +51,9 @@ caps an epoch at 392 images, §2.4.5). At these short CPU schedules that, more t
 explains why unified GLASS and UniAD score higher in image AUROC than their per-category
 runs; the models-MB column shows the other side: one model instead of four. The GLASS
 unified run predates per-category foreground masks (commit "GLASS: foreground mode chosen per
-category"): it drew LAS masks inside generated foregrounds on the two texture categories too,
-which its `training_info` records ("foreground masks: generated").
+category"): it used generated foreground masks on the two texture categories too (the
+generator returns the whole frame when it finds no separable object), as its `training_info`
+records ("foreground masks: generated").
 """
 
 ANOMALIB_NOTES = """### Where anomalib wins, why, and what would close the gap
