@@ -33,10 +33,20 @@ def test_calibration_from_normal_scores():
     assert low == 3.0 and high == 7.0 and cal.pixel_threshold == 5.0
 
 
+def test_few_normal_scores_get_a_fitted_tail_many_the_empirical_quantile():
+    few = np.array([15.95, 15.98, 16.52, 16.70])  # 4 held-out images: q99 is about their max
+    cal = calibrate(few, np.zeros((4, 2, 2)), quantile=0.99)
+    expected = few.mean() + 2.3263478740 * few.std(ddof=1)
+    assert cal.image_threshold == pytest.approx(expected) and cal.image_threshold > few.max()
+    many = np.concatenate([np.zeros(990), np.full(10, 100.0)])  # enough for the empirical one
+    cal = calibrate(many, np.zeros((1000, 2, 2)), quantile=0.99)
+    assert cal.image_threshold == pytest.approx(np.quantile(many, 0.99))
+
+
 @pytest.mark.parametrize("scores", [[0.4], [0.4, 0.4, 0.4], [-2.0]])
 def test_calibration_without_spread_stays_readable(scores):
     cal = calibrate(np.array(scores), np.zeros((len(scores), 2, 2)))
-    assert cal.image_threshold == scores[0]
+    assert cal.image_threshold == pytest.approx(scores[0])
     np.testing.assert_allclose(cal.normalize(np.array([scores[0]])), [1.0])
     assert np.abs(cal.normalize(np.array([scores[0] * 1.5]))).max() < 10
 
