@@ -79,7 +79,7 @@ def _pick_model(files: dict[str, Path], category: str) -> Path:
     )
 
 
-@app.command()
+@app.command(short_help="Train a model per category on good images, or one for all (--unified).")
 def train(
     data: Path = typer.Option(
         ..., "--data", "-d", help="Dataset root, category folder, or folder of good images."
@@ -201,7 +201,7 @@ def train(
     _print(summary, as_json)
 
 
-@app.command()
+@app.command(short_help="Metrics per category and mean, heat-map panels and an HTML report.")
 def test(
     model: Path = typer.Option(..., "--model", "-m", help="Model file or training run folder."),
     data: Path = typer.Option(..., "--data", "-d", help="Dataset with a labelled test split."),
@@ -333,7 +333,7 @@ def _mean(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
     return means
 
 
-@app.command()
+@app.command(short_help="Score images: score, decision and heat-map overlay per image.")
 def predict(
     inputs: list[Path] = typer.Argument(..., help="Image files or folders of images."),
     model: Path = typer.Option(..., "--model", "-m", help="Model file or training run folder."),
@@ -416,7 +416,7 @@ def predict(
     _print(rows, as_json, None if quiet else "\n".join(lines) + f"\nwrote {out}/predictions.csv")
 
 
-@app.command()
+@app.command(short_help="Generate seeded procedural categories with realistic defects and masks.")
 def synth(
     out: Path = typer.Argument(..., help="Folder to write the dataset into (MVTec layout)."),
     categories: str = typer.Option("", help="Comma-separated categories (default: all)."),
@@ -449,7 +449,7 @@ def synth(
         typer.echo("\n".join(f"wrote {f}" for f in folders))
 
 
-@app.command()
+@app.command(short_help="The whole loop on generated data: synth, train, test, predict.")
 def demo(
     out: Path = typer.Option(
         Path("demo_out"), "--out", "-o", help="Folder for data, models and results."
@@ -526,7 +526,7 @@ def demo(
         typer.echo(f"\nOpen {out / 'test' / 'report.html'} for the report and heat maps.")
 
 
-@app.command()
+@app.command(short_help="Inference speed of every method against its bare backbone.")
 def bench(
     out: Path = typer.Option(Path("benchmarks/results"), "--out", "-o", help="Results folder."),
     batch_sizes: str = typer.Option("1,32", help="Comma-separated batch sizes."),
@@ -561,7 +561,7 @@ def bench(
     _print(result["json"], as_json, None if quiet else result["markdown"])
 
 
-@app.command()
+@app.command(short_help="Export a model to ONNX, thresholds and preprocessing included.")
 def export(
     model: Path = typer.Option(..., "--model", "-m", help="Model file or training run folder."),
     category: str = typer.Option(
@@ -610,7 +610,7 @@ def export(
     _print(summary, as_json, None if quiet else text)
 
 
-@app.command()
+@app.command(short_help="Serve a model: web page and JSON API over HTTP.")
 def serve(
     model: Path = typer.Option(..., "--model", "-m", help="Model file or training run folder."),
     category: str = typer.Option(
