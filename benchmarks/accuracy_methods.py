@@ -118,7 +118,7 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
             epochs = payload["settings"][name].get("epochs")
             timing += f" ({first['seconds_per_epoch']:.2f} s per epoch, {epochs} epochs"
             if "iterations_per_second" in first:  # rows from before it was recorded lack it
-                timing += f", {first['iterations_per_second']:.1f} it/s"
+                timing += f", {first['iterations_per_second']:.2g} it/s"
             timing += ")"
         timing += f"; model {first['model_mb']:.1f} MB; test {speed:.1f} img/s (batch 8, CPU)."
         sections.append(f"## {name}: last epoch (deployable)\n\n{_table(rows, False)}\n{timing}\n")
