@@ -180,13 +180,15 @@ def export_onnx(
 def onnx_session(
     model: str | bytes, *, providers: list[str] | None = None, threads: int | None = None
 ) -> Any:
-    """An onnxruntime session (CPU provider unless `providers` says otherwise); `threads`
+    """An onnxruntime session (CPU provider unless `providers` says otherwise). `threads`
     sets its intra-op thread count (onnxruntime's default ignores torch's setting and
-    OMP_NUM_THREADS)."""
+    OMP_NUM_THREADS) for a process that shares its cores, so its threads then also stop
+    busy-waiting between runs, which would take those cores from the other work."""
     ort = _require("onnxruntime")
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model, options, providers=providers or ["CPUExecutionProvider"])
 
 
