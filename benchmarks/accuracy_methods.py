@@ -4,8 +4,9 @@
 For trained methods one run gives two rows: the last epoch (what anomap deploys) and the
 epoch an oracle picks on the test set (the papers' protocol, METHODS.md §2.4.6), labelled.
 
-Writes benchmarks/results/accuracy_<method>[_<preset>][_unified].json and .md; re-running one
-dataset keeps the other datasets' rows. Examples:
+Writes benchmarks/results/accuracy_<method>[_<preset>][_unified].json and .md (the preset in
+the name only when --preset is given; the settings always record it); re-running one dataset
+keeps the other datasets' rows. Examples:
   python benchmarks/accuracy_methods.py --method pbas --epochs 100
   python benchmarks/accuracy_methods.py --method glass --preset paper --epochs 20
   python benchmarks/accuracy_methods.py --method uniad --unified --epochs 200
@@ -187,6 +188,9 @@ def main() -> None:
         for pair in args.set:
             key, _, value = pair.partition("=")
             settings[key] = json.loads(value)
+        config_fields = get_method(args.method).Config.__dataclass_fields__
+        if "preset" in config_fields:  # the tables name the preset even when it is the default
+            settings.setdefault("preset", config_fields["preset"].default)
         results[name] = evaluate_groups(
             name, root, args.method, settings, args.unified, args.eval_every
         )

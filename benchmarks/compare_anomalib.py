@@ -178,7 +178,7 @@ def anomap_detector(job: dict[str, Any]) -> Detector:
     if job["method"] == "patchcore":
         return PatchCore(coreset_ratio=job["coreset"], num_neighbors=job["num_neighbors"], **common)
     dim = job["glass_dim"]
-    return GLASS(epochs=job["glass_epochs"], layer_dim=dim, target_dim=dim, **common)
+    return GLASS(epochs=job["glass_epochs"], preset="fast", layer_dim=dim, target_dim=dim, **common)
 
 
 def run_anomap(job: dict[str, Any], category: Any, test: tuple) -> dict[str, Any]:

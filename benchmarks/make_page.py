@@ -121,7 +121,7 @@ def _models_mb(rows: dict[str, Any], *, unified: bool) -> str:
 HEADLINE = {
     "patchcore": ("accuracy_patchcore.json", "coreset 0.1"),
     "pbas": ("accuracy_pbas.json", None),
-    "glass": ("accuracy_glass.json", None),
+    "glass": ("accuracy_glass_paper.json", None),  # GLASS's default preset
     "uniad": ("accuracy_uniad_unified.json", None),  # UniAD's point: one model
 }
 DEVIATIONS = {
@@ -198,7 +198,7 @@ def summary_table(dataset: str) -> str:
         method = path.stem.removeprefix("accuracy_").split("_")[0]
         settings = payload["settings"][dataset]
         scope = "unified" if "unified" in path.stem else "per category"
-        preset = settings.get("preset", "fast" if method in ("glass", "pbas") else "")
+        preset = settings.get("preset", "")
         variant = ", ".join(v for v in (preset, scope) if v)
         epochs = settings.get("epochs", "–")
         fit = np.mean([r["fit_seconds"] for r in rows.values()])

@@ -69,17 +69,71 @@ def make_detector(hypersphere: bool, **settings) -> GLASS:
 @pytest.mark.parametrize("hypersphere", [False, True])
 def test_gas_runs_21_discriminator_passes_and_reaches_the_adaptor(hypersphere):
     detector = make_detector(hypersphere)
-    calls = []
-    detector.discriminator.norm.register_forward_hook(lambda *args: calls.append(1))
     clean = torch.randn(2, 6, 8)
     augmented = torch.randn(2, 6, 8)
     cells = torch.tensor([[0, 1, 0, 0, 1, 1], [1, 0, 0, 0, 0, 0]], dtype=torch.float32)
     terms = detector._losses((clean, augmented, cells))
     assert set(terms) == {"normal", "gas", "focal"}
-    assert len(calls) == 22  # 21 on [t; g] in the ascent loop, 1 on the LAS features
+    # 21 train-mode passes on [t; g] in the ascent loop, 1 on the LAS features
     assert int(detector.discriminator.norm.num_batches_tracked) == 22
     terms["gas"].backward()
     assert detector.adaptor.weight.grad.abs().sum() > 0  # through t and the projections
+
+
+def straightforward_gas(detector, true_features, centres, radius):
+    """§2.4.5 as the reference writes it: every pass is D(cat([t, g]))."""
+    cfg, disc = detector.config, detector.discriminator
+    count = len(true_features)
+    synthetic = true_features + cfg.noise_std * torch.randn_like(true_features)
+    for step in range(cfg.ascent_steps + 1):
+        scores = disc(torch.cat([true_features, synthetic]))
+        normal = torch.nn.functional.binary_cross_entropy(scores[:count], torch.zeros(count, 1))
+        fake = torch.nn.functional.binary_cross_entropy(scores[count:], torch.ones(count, 1))
+        if step == cfg.ascent_steps:
+            return {"normal": normal, "gas": fake}
+        (gradient,) = torch.autograd.grad(fake, [synthetic])
+        synthetic = synthetic + cfg.ascent_step_size * gradient / (
+            gradient.norm(dim=1)[:, None] + 1e-10
+        )
+        if (step + 1) % cfg.projection_interval == 0:
+            if detector.hypersphere:
+                synthetic = truncated_projection(synthetic, centres, radius, 2 * radius)
+            else:
+                synthetic = truncated_projection(synthetic, true_features, 0.5, 1.0)
+
+
+@pytest.mark.parametrize("hypersphere", [False, True])
+def test_gas_equals_the_straightforward_loop(hypersphere):
+    """The shortcut ascent (D's Linear and BatchNorm sums of t computed once) gives the
+    reference's losses, gradients and BatchNorm running statistics."""
+    results = []
+    for gas in (None, straightforward_gas):
+        detector = make_detector(hypersphere, ascent_steps=10, noise_std=0.3, ascent_step_size=0.2)
+        adaptor = detector.adaptor
+        true_features = adaptor(torch.randn(30, 8) * 2)
+        torch.manual_seed(1)
+        args = (true_features, torch.zeros(30, 8), torch.tensor(0.5))
+        terms = (gas or type(detector)._gas_losses)(detector, *args)
+        sum(terms.values()).backward()
+        norm = detector.discriminator.norm
+        results.append((terms, adaptor.weight.grad, norm.running_mean, norm.running_var))
+    (got, got_grad, *got_stats), (want, want_grad, *want_stats) = results
+    for name in ("normal", "gas"):
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(got_stats, want_stats)
+
+
+@pytest.mark.parametrize(
+    ("preset", "fraction", "rows"), [("paper", None, 24), ("fast", None, 6), ("paper", 0.5, 12)]
+)
+def test_gas_fraction_picks_the_rows_gas_runs_on(preset, fraction, rows):
+    detector = make_detector(False, preset=preset, gas_fraction=fraction, ascent_steps=2)
+    seen = []
+    detector.discriminator.norm.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
+    true_features = torch.randn(24, 8, requires_grad=True)  # as P(φ(x)) is
+    detector._gas_losses(true_features, torch.zeros(24, 8), torch.tensor(1.0))
+    assert seen == [2 * rows]  # the final pass on [t; g] over the kept rows
 
 
 def test_gas_synthetic_features_lie_in_the_manifold_band():

@@ -8,7 +8,12 @@ from anomap.data.layouts import discover
 from anomap.errors import AnomapError
 from anomap.methods import simplenet_base
 from anomap.methods.pbas import PBAS
-from anomap.methods.simplenet_base import Adaptor, Discriminator, TrainingFeatures
+from anomap.methods.simplenet_base import (
+    Adaptor,
+    Discriminator,
+    RowStatistics,
+    TrainingFeatures,
+)
 
 TINY = {"resize": 64, "crop": 64, "batch_size": 4, "device": "cpu", "val_fraction": 0.0}
 
@@ -41,6 +46,28 @@ def test_discriminator_init_and_output():
 @pytest.fixture(scope="module")
 def train_samples(synth_root):
     return list(discover(synth_root)[0].train)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_scoring_beside_fixed_rows_equals_a_pass_over_both(momentum):
+    """GLASS's ascent shortcut: values, gradients and running statistics as D([t; g])."""
+    torch.manual_seed(0)
+    straight, shortcut = Discriminator(12, 32), Discriminator(12, 32)
+    shortcut.load_state_dict(straight.state_dict())
+    for disc in (straight, shortcut):
+        disc.norm.momentum = momentum
+    fixed = torch.randn(40, 12) * 3 + 1
+    moving = torch.randn(25, 12, requires_grad=True)
+    for _ in range(3):  # running statistics stay equal over several passes
+        expected = straight.from_hidden(straight.hidden(torch.cat([fixed, moving])))[40:]
+        (expected_grad,) = torch.autograd.grad(expected.log().sum(), [moving])
+        statistics = RowStatistics.of(shortcut.hidden(fixed))
+        got = shortcut.from_hidden_beside(statistics, shortcut.hidden(moving))
+        (got_grad,) = torch.autograd.grad(got.log().sum(), [moving])
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got_grad, expected_grad, rtol=1e-4, atol=1e-6)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(shortcut.norm, name), getattr(straight.norm, name))
 
 
 def test_cached_features_equal_streamed(train_samples, monkeypatch):

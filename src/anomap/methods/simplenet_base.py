@@ -10,11 +10,12 @@ resumable checkpoints come from `anomap.methods.training`.
 Presets (`preset`):
 - "paper": every epoch reads, decodes and embeds the training images again, as the reference
   code does. Needed by methods whose image-level augmentation changes every epoch (GLASS).
-- "fast" (default): the backbone is frozen, so φ(x) of every training image is computed once
-  and kept in memory on the training device (float32, or float16 when float32 would exceed
-  2 GiB), and each epoch trains P and D from that cache. For a method without image-level
-  augmentation (PBAS) this is the same algorithm; runs differ from "paper" runs only in
-  float rounding and in the shuffled order the RNG draws, not in what is computed.
+- "fast" (PBAS's default; GLASS defaults to "paper"): the backbone is frozen, so φ(x) of
+  every training image is computed once and kept in memory on the training device (float32,
+  or float16 when float32 would exceed 2 GiB), and each epoch trains P and D from that cache.
+  For a method without image-level augmentation (PBAS) this is the same algorithm; runs
+  differ from "paper" runs only in float rounding and in the shuffled order the RNG draws,
+  not in what is computed.
 
 Feature dimensions: the paper pools WRN-50-2's 512 + 1024 channels to 1536/1536 (each
 dimension averages 6 or 12 neighbourhood values). With the default EfficientNet-Lite0
@@ -80,7 +81,49 @@ class Discriminator(nn.Module):
 
     def from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         """The rest of D after its first Linear, for callers that reuse that Linear's output."""
-        return torch.sigmoid(self.head(F.leaky_relu(self.norm(hidden), 0.2)))
+        return self._activate(self.norm(hidden))
+
+    def from_hidden_beside(self, fixed: RowStatistics, hidden: torch.Tensor) -> torch.Tensor:
+        """D's output on the `hidden` rows of a train-mode pass over [fixed rows; hidden]:
+        BatchNorm's batch statistics cover both sets, but only `hidden` is normalised and
+        scored. A caller that needs the gradient of the `hidden` rows' loss alone (GLASS's
+        ascent) so skips half the element-wise work. The running statistics are updated
+        exactly as a pass of `from_hidden` over the concatenated rows would update them."""
+        norm = self.norm
+        total = fixed.count + len(hidden)
+        mean = (fixed.count * fixed.mean + hidden.sum(dim=0)) / total
+        centred = hidden - mean
+        # Chan et al.'s parallel variance: the fixed rows enter through their centred sums
+        squares = fixed.centred_squares + fixed.count * (fixed.mean - mean) ** 2
+        variance = (squares + (centred * centred).sum(dim=0)) / total
+        if norm.training and norm.track_running_stats:
+            with torch.no_grad():
+                norm.num_batches_tracked.add_(1)
+                momentum = norm.momentum or 1.0 / float(norm.num_batches_tracked)
+                norm.running_mean.lerp_(mean.to(norm.running_mean.dtype), momentum)
+                unbiased = variance * (total / (total - 1))
+                norm.running_var.lerp_(unbiased.to(norm.running_var.dtype), momentum)
+        scale = torch.rsqrt(variance + norm.eps) * norm.weight
+        return self._activate(torch.addcmul(norm.bias, centred, scale))
+
+    def _activate(self, normalised: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.head(F.leaky_relu(normalised, 0.2)))
+
+
+@dataclass
+class RowStatistics:
+    """Per-channel count, mean and centred sum of squares of a set of rows."""
+
+    count: int
+    mean: torch.Tensor
+    centred_squares: torch.Tensor
+
+    @classmethod
+    @torch.no_grad()
+    def of(cls, rows: torch.Tensor) -> RowStatistics:
+        rows = rows.float()
+        mean = rows.mean(dim=0)
+        return cls(len(rows), mean, ((rows - mean) ** 2).sum(dim=0))
 
 
 def binary_cross_entropy(probabilities: torch.Tensor, target: float) -> torch.Tensor:
