@@ -10,6 +10,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -77,6 +78,10 @@ def main() -> None:
     previous = json.loads(previous_file.read_text()) if previous_file.is_file() else {}
     results: dict = previous.get("results", {})
     commands: dict = previous.get("commands", {})
+    # files written before machines were kept per dataset have one "machine" for all
+    machines: dict = previous.get("machines") or {
+        name: previous["machine"] for rows in results.values() for name in rows
+    }
     datasets = {}
     if "synth" in args.datasets:
         generate(args.synth_dir)  # defaults: 256², 40 train, 12 good + 4 per defect type
@@ -89,6 +94,7 @@ def main() -> None:
                 name, root, coreset, preprocess
             )
             commands[name] = command
+            machines[name] = machine_info(resolve_device("cpu"))
 
     payload = {
         "benchmark": "PatchCore accuracy (EfficientNet-Lite0, ImageNet weights)",
@@ -100,15 +106,20 @@ def main() -> None:
             "aupro": "standard MVTec AUPRO, FPR limit 0.3",
         },
         "results": results,
-        "machine": machine_info(resolve_device("cpu")),
+        "machines": machines,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(
         json.dumps(payload, indent=2, default=float), args.out / "accuracy_patchcore.json"
     )
+    write_markdown(payload, args.out / "accuracy_patchcore.md")
+
+
+def write_markdown(payload: dict[str, Any], path: Path) -> None:
     sections = [f"# {payload['benchmark']}\n"]
+    commands = payload["commands"]
     sections += [f"Command for {name}: `{cmd}`\n" for name, cmd in sorted(commands.items())]
-    for variant, per_dataset in results.items():
+    for variant, per_dataset in payload["results"].items():
         for name, rows in per_dataset.items():
             metrics = {c: {k: v for k, v in r.items() if k in COLUMNS} for c, r in rows.items()}
             fit = np.mean([r["fit_seconds"] for r in rows.values()])
@@ -120,11 +131,12 @@ def main() -> None:
                 "(batch 8, CPU, image decoding included).\n"
             )
     sections.append("Protocol: " + "; ".join(f"{k}: {v}" for k, v in payload["protocol"].items()))
-    sections.append(
-        f"\nMachine: {payload['machine']['processor']}, "
-        f"{payload['machine']['cpu_count']} CPUs, torch {payload['machine']['torch']}.\n"
-    )
-    write_text_atomic("\n".join(sections), args.out / "accuracy_patchcore.md")
+    for name, machine in sorted(payload["machines"].items()):
+        sections.append(
+            f"Machine for {name}: {machine['processor']}, {machine['cpu_count']} CPUs, "
+            f"torch {machine['torch']}, torch threads: {machine['torch_threads']}.\n"
+        )
+    write_text_atomic("\n".join(sections), path)
 
 
 if __name__ == "__main__":

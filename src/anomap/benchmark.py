@@ -64,14 +64,14 @@ def _onnx_runners(
     """(whole model, bare backbone) run by onnxruntime on a preprocessed batch: the model as
     `export_onnx` writes it (dynamic batch) through `OnnxDetector.predict_batch`, and the
     backbone exported alone by the same exporter, its outputs the feature maps."""
-    from anomap.export import INPUT, OnnxDetector, _onnx_bytes, export_onnx, onnx_session
+    from anomap.export import INPUT, OnnxDetector, export_onnx, onnx_bytes, onnx_session
 
     model = OnnxDetector(export_onnx(detector, path), threads=threads)
     backbone = detector.backbone
     # a batch of 2, as export_onnx uses, so no size-1 broadcast is taken for the batch axis
     example = torch.zeros(2, 3, *detector.preprocess.output_size)
     outputs = [f"features{i}" for i in range(len(backbone.layers))]
-    graph = _onnx_bytes(backbone, example, outputs, dynamic_batch=True)
+    graph = onnx_bytes(backbone, example, outputs, dynamic_batch=True)
     session = onnx_session(graph, threads=threads)
     return model.predict_batch, lambda batch: session.run(None, {INPUT: batch})
 
@@ -183,9 +183,9 @@ def run_speed_benchmark(
     columns = ["batch", "method", "backbone img/s", "method img/s", "ratio"]
     notes = []
     if measure_onnx:
-        from anomap.export import _require
+        from anomap.export import require
 
-        version = _require("onnxruntime").__version__
+        version = require("onnxruntime").__version__
         result["onnxruntime"] = {"version": version, "intra_op_num_threads": threads}
         columns += ["ORT backbone img/s", "ORT method img/s", "ORT ratio", "ORT ÷ torch"]
         notes.append(

@@ -51,7 +51,8 @@ GRAPH_DOC = (
 )
 
 
-def _require(name: str) -> ModuleType:
+def require(name: str) -> ModuleType:
+    """Import an optional ONNX package, or say which extra installs it."""
     try:
         return importlib.import_module(name)
     except ImportError as exc:
@@ -102,7 +103,7 @@ def _metadata(detector: Detector, input_size: tuple[int, int]) -> dict[str, str]
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
 
 
-def _onnx_bytes(
+def onnx_bytes(
     module: nn.Module,
     example: torch.Tensor,
     outputs: Sequence[str],
@@ -151,7 +152,7 @@ def export_onnx(
     `batch_size=None` keeps the batch axis dynamic; an int fixes it, for runtimes that want
     static shapes. The input size must not depend on the image's aspect (a crop, or
     `resize=(h, w)`)."""
-    onnx = _require("onnx")
+    onnx = require("onnx")
     from anomap.report import _atomic_write
 
     if not detector.is_fitted:
@@ -167,7 +168,7 @@ def export_onnx(
     graph = _InferenceGraph(detector).eval()
     # an example batch of 2, not 1, so no size-1 broadcast is mistaken for the batch axis
     example = torch.zeros(batch_size or 2, 3, height, width, device=detector._device)
-    data = _onnx_bytes(graph, example, OUTPUTS, dynamic_batch=batch_size is None, opset=opset)
+    data = onnx_bytes(graph, example, OUTPUTS, dynamic_batch=batch_size is None, opset=opset)
     model = onnx.load_model_from_string(data)
     model.doc_string = GRAPH_DOC
     for key, value in _metadata(detector, (height, width)).items():
@@ -184,7 +185,7 @@ def onnx_session(
     sets its intra-op thread count (onnxruntime's default ignores torch's setting and
     OMP_NUM_THREADS) for a process that shares its cores, so its threads then also stop
     busy-waiting between runs, which would take those cores from the other work."""
-    ort = _require("onnxruntime")
+    ort = require("onnxruntime")
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads

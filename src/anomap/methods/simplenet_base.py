@@ -43,7 +43,7 @@ from torch import nn
 from anomap.data.samples import Sample
 from anomap.features import patch_rows
 from anomap.methods.base import PatchFeatureDetector, TrainingConfig, _check
-from anomap.methods.training import EpochTrainedDetector, storable, strip_prefix
+from anomap.methods.training import EpochTrainedDetector, Optimisers, storable, strip_prefix
 from anomap.progress import track
 
 ADAPTOR_WEIGHT_DECAY = 1e-5  # Adam, as in GLASS/PBAS
@@ -247,7 +247,7 @@ class SynthesisDetector(EpochTrainedDetector, PatchFeatureDetector):
         self.adaptor = Adaptor(dim).to(self._device)
         self.discriminator = Discriminator(dim, self.config.discriminator_hidden).to(self._device)
 
-    def _optimisers(self) -> dict[str, torch.optim.Optimizer]:
+    def _optimisers(self) -> Optimisers:
         """P: Adam(lr, wd 1e-5); D: AdamW(lr, wd 0.01); stepped in this order (P, then D)."""
         cfg = self.config
         return {
@@ -307,7 +307,7 @@ class SynthesisDetector(EpochTrainedDetector, PatchFeatureDetector):
         )
 
     def _train_epoch(
-        self, features: TrainingFeatures, optimisers: dict[str, torch.optim.Optimizer], epoch: int
+        self, features: TrainingFeatures, optimisers: Optimisers, epoch: int
     ) -> dict[str, float]:
         """One pass: per batch, zero both optimisers, back-propagate the summed losses, step P
         then D. Returns the epoch's mean of every loss term and of their total ("loss")."""

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from anomap import __version__
@@ -119,7 +118,7 @@ class ModelService:
         long inference and drawing took."""
         category = self.category(category)
         start = time.perf_counter()
-        with self._lock, torch.inference_mode():
+        with self._lock:
             result = self.detector.predict([u.image for u in uploads], category=category)
         inferred = time.perf_counter()
         cal = self.detector.calibration_for(category)
