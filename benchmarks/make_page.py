@@ -72,7 +72,7 @@ ANOMALIB_NOTES = """### Where anomalib wins, why, and what would close the gap
   category, and anomap fits 6–12× faster.
 - **GLASS pixel metrics (brushed_metal, pill, washer).** At 5 epochs anomalib's P-AUROC and
   AUPRO are higher. Three differences explain it: anomalib draws a fresh Perlin-noise
-  texture view every step, while anomap's default `fast` preset reuses a pool of 4 views per
+  texture view every step, while anomap ran its `fast` preset, which reuses a pool of 4 views per
   image (20 views seen instead of 5 × fresh ones); anomalib places anomalies anywhere, anomap
   restricts them to a generated foreground mask on objects (the reference's choice with its
   fg masks, but our masks are generated); and the textures differ (procedural vs Perlin
@@ -87,14 +87,18 @@ ANOMALIB_NOTES = """### Where anomalib wins, why, and what would close the gap
   this size the exact nearest-neighbour search (2496 cells against a 4.5k-row bank, one GEMM
   with a 152-long inner dimension) costs as much as the backbone, as anomalib's `cdist` does.
   To settle it: re-run this row alone on an idle machine; if the gap stays, search in smaller
-  chunks (cache-sized GEMM outputs) or export to ONNX (`anomap bench --onnx`). The 10 %
-  coreset row and GLASS on ball_screw were not run in the comparison (anomalib's coreset alone
-  needs over an hour here at 10 %); commands in the issue notes.
+  chunks (cache-sized GEMM outputs) or export to ONNX (`anomap bench --onnx`).
+- **No 10 % coreset row on ball_screw.** anomalib's greedy coreset selection took 44 min for
+  the 1 % bank (4,991 picks at about 2.3 picks/s, one thread); each pick scans all 499k
+  training patches, so the 10 % bank (49,910 picks) would take about 6 hours here. anomap
+  fits the 10 % model in 858 s, selection included (`accuracy_patchcore.json`, shared).
+  To close it: run the comparison on a GPU, where both selections are fast.
 - **GLASS training time.** anomap is faster in every row (feature caching and the reused
   first Linear in the gradient ascent).
 """
 
 METHOD_ORDER = ("patchcore", "pbas", "glass", "uniad")
+STANDARD_SETTINGS = frozenset({"resize", "crop", "preset", "epochs"})
 SUMMARY_COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "threshold_f1")
 
 
@@ -199,7 +203,9 @@ def summary_table(dataset: str) -> str:
         settings = payload["settings"][dataset]
         scope = "unified" if "unified" in path.stem else "per category"
         preset = settings.get("preset", "")
-        variant = ", ".join(v for v in (preset, scope) if v)
+        # settings a run changed beyond geometry, preset and epochs (`--set key=value`)
+        changed = [f"{k}={v}" for k, v in settings.items() if k not in STANDARD_SETTINGS]
+        variant = ", ".join(v for v in (preset, *changed, scope) if v)
         epochs = settings.get("epochs", "–")
         fit = np.mean([r["fit_seconds"] for r in rows.values()])
         if scope == "unified":
