@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from anomap.allocator import retain_freed_memory
 from anomap.backbones import DEFAULT_BACKBONE, FeatureExtractor, load_backbone
 from anomap.data.samples import Category, Sample
 from anomap.data.transforms import Preprocess
@@ -173,6 +174,8 @@ class Detector:
         self.epoch_end_callbacks: list[Any] = []
         self._backbone: FeatureExtractor | None = None
         self._device = resolve_device(self.config.device)
+        if self._device.type == "cpu":
+            retain_freed_memory()  # large CPU batches reuse memory; see anomap.allocator
 
     # ---- what methods implement -------------------------------------------------------
     def _fit(self, train: list[Sample]) -> None:

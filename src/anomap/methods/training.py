@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from anomap.allocator import retain_freed_memory
 from anomap.data.samples import Sample
 from anomap.errors import AnomapError
 from anomap.methods.base import Detector, TrainingConfig
@@ -52,8 +51,6 @@ class EpochTrainedDetector(Detector):
         """Train epochs `start..epochs-1`, where `start` is 0, or the checkpoint's count when
         resuming; `start_fresh` runs once before epoch 0 of a run that is not resumed."""
         cfg = self.config
-        if self._device.type == "cpu":
-            retain_freed_memory()  # about 2× faster CPU epochs; see anomap.allocator
         checkpoint = Checkpoint(Path(cfg.checkpoint_dir), train) if cfg.checkpoint_dir else None
         start = checkpoint.restore(self, optimisers) if checkpoint and cfg.resume else None
         if start is None:
