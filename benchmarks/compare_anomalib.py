@@ -572,7 +572,9 @@ PROTOCOL = [
     "without DTD uses its Perlin-noise textures, anomap its procedural textures. anomalib pools "
     "every layer to one size, so anomap runs with layer_dim = target_dim = --glass-dim here, "
     "not its default (40 + 112 channels kept unpooled); anomap uses its 'fast' preset (cached "
-    "features, 4 LAS views per image), anomalib a fresh LAS view every step.",
+    "features, 4 LAS views per image), anomalib a fresh LAS view every step. anomap's synth GLASS "
+    "rows predate `gas_fraction` (GAS on every row, as anomalib); its ball_screw row has fast's "
+    "current default, GAS on a random quarter of each batch's rows.",
     "train s: wall time of fitting, including decoding and preprocessing the training images "
     "on both sides. img/s: the predict path on preprocessed tensors already in memory, after "
     "warm-up, at batch 1 and 32. Peak RSS: ru_maxrss of the worker process (one per tool, "

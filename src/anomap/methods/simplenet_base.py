@@ -99,7 +99,9 @@ class Discriminator(nn.Module):
         if norm.training and norm.track_running_stats:
             with torch.no_grad():
                 norm.num_batches_tracked.add_(1)
-                momentum = norm.momentum or 1.0 / float(norm.num_batches_tracked)
+                momentum = norm.momentum
+                if momentum is None:  # a cumulative average, as BatchNorm does then
+                    momentum = 1.0 / float(norm.num_batches_tracked)
                 norm.running_mean.lerp_(mean.to(norm.running_mean.dtype), momentum)
                 unbiased = variance * (total / (total - 1))
                 norm.running_var.lerp_(unbiased.to(norm.running_var.dtype), momentum)
