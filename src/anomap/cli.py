@@ -111,7 +111,9 @@ def train(
     ),
     epochs: int = typer.Option(None, help="Training epochs (pbas, glass, uniad)."),
     preset: str = typer.Option(
-        None, help="paper (the reference procedure) or fast (cached features; pbas, glass)."
+        None,
+        help="paper (the reference procedure; glass's default) or fast (cached features, "
+        "fewer repeated computations; pbas's default).",
     ),
     textures: Path = typer.Option(
         None, help="GLASS: folder of texture images (DTD) for local anomaly synthesis."
