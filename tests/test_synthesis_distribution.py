@@ -18,6 +18,7 @@ from anomap.synthesis.distribution import (
 )
 from anomap.synthesis.foreground import (
     TEXTURE_CLASSES,
+    fills_frame,
     foreground_mask,
     load_foreground_masks,
     looks_like_texture,
@@ -241,6 +242,16 @@ def test_texture_classes_and_heuristic() -> None:
     assert looks_like_texture(stripes)
     assert not looks_like_texture([_disc_image(True)[0]] * 2)
     assert not looks_like_texture([_disc_image(False)[0]])
+
+
+def test_fills_frame_tells_close_ups_from_objects_on_a_background() -> None:
+    y = np.mgrid[:96, :96][0]
+    # a close-up of a thread: bright and dark bands across the whole frame
+    thread = np.repeat(np.where((y // 16) % 2 == 0, 200, 60)[:, :, None], 3, 2).astype(np.uint8)
+    assert fills_frame([thread] * 2)
+    assert not fills_frame([_disc_image(True)[0], _disc_image(False)[0]])
+    with pytest.raises(ValueError):
+        fills_frame([])
 
 
 def test_load_foreground_masks_maps_paths(tmp_path) -> None:

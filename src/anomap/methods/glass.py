@@ -29,8 +29,9 @@ Deviations, all deliberate and named here (each run also records its own in `tra
 - Textures: `textures=DIR` (DTD) is faithful; without it a built-in procedural source is used
   and the run is labelled non-faithful.
 - Foreground masks: `<data>/fg_mask/<class>/<file>` when present (faithful); MPDD classes use
-  none (the reference's fg = 0); otherwise texture classes use none and objects get an Otsu +
-  morphology mask, labelled non-faithful.
+  none (the reference's fg = 0); otherwise texture classes and close-ups whose object fills
+  the frame (`fills_frame`) use none, and objects get an Otsu + morphology mask, labelled
+  non-faithful.
 - Preset "paper" (default) recomputes everything every epoch, as the reference. Preset "fast"
   caches the clean features once, and LAS views come from a pool of `las_pool` pre-computed
   views per image (a view is drawn at random each epoch) instead of a fresh view every epoch.
@@ -74,6 +75,7 @@ from anomap.synthesis.distribution import (
 )
 from anomap.synthesis.foreground import (
     TEXTURE_CLASSES,
+    fills_frame,
     foreground_mask,
     load_foreground_masks,
     looks_like_texture,
@@ -352,7 +354,8 @@ class GLASS(SynthesisDetector):
                 mode = "none"
             else:
                 preview = [np.asarray(read_image(s.path).resize((128, 128))) for s in samples[:16]]
-                mode = "none" if looks_like_texture(preview) else "generated"
+                texture_or_close_up = looks_like_texture(preview) or fills_frame(preview)
+                mode = "none" if texture_or_close_up else "generated"
         if mode == "generated" or (mode == "none" and not mpdd):
             self._non_faithful(f"foreground masks: {mode} instead of the authors' fg_mask files")
         return mode
