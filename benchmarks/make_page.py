@@ -34,9 +34,10 @@ numbers are what a CPU user gets in minutes, not the methods' ceilings.
   deployed model achieves.
 - GLASS textures: DTD is not available offline here, so GLASS used anomap's procedural
   textures, and generated foreground masks (Otsu + morphology) for object categories: both
-  non-faithful, and labelled in each run's `training_info`. The ball_screw GLASS rows except
-  `accuracy_glass_fast_fgnone` used generated masks too, which GLASS's automatic choice no
-  longer makes for close-ups like it (see the anomalib notes).
+  non-faithful, and labelled in each run's `training_info`. ball_screw GLASS rows labelled
+  `foreground=generated` got generated masks from GLASS's automatic choice at the time (not
+  from a `--set`), which it no longer makes for close-ups like ball_screw (see the anomalib
+  notes); the other ball_screw GLASS rows use no mask.
 - Thresholds are learnt from normal images only (10 % of train held out, 99th percentile);
   `threshold_f1` measures that deployable decision. Except PatchCore's synth rows and the
   per-category GLASS rows (`accuracy_glass_paper`, `_fast`, `_fast_gasall`), the results
