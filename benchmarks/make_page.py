@@ -91,7 +91,7 @@ ANOMALIB_NOTES = """### Where anomalib wins, why, and what would close the gap
   81.1 AUPRO), while image AUROC is level. The comparison runs anomap's `fast` preset, which
   differs from anomalib's procedure in three ways: anomalib draws a fresh texture view every
   step while `fast` reuses a pool of 4 views per image; on ball_screw, `fast` also ran the
-  gradient ascent on a quarter of the rows (its default since this change; the synth rows
+  gradient ascent on a quarter of the rows (its default since `gas_fraction` exists; the synth rows
   predate it); and anomap restricted anomalies to a generated foreground mask on objects (the
   reference's choice with its fg masks, but ours are generated), while anomalib places them
   anywhere. On ball_screw that mask was wrong: the thread fills the frame, and Otsu kept only
