@@ -78,10 +78,7 @@ def main() -> None:
     previous = json.loads(previous_file.read_text()) if previous_file.is_file() else {}
     results: dict = previous.get("results", {})
     commands: dict = previous.get("commands", {})
-    # files written before machines were kept per dataset have one "machine" for all
-    machines: dict = previous.get("machines") or {
-        name: previous["machine"] for rows in results.values() for name in rows
-    }
+    machines: dict = previous.get("machines", {})
     datasets = {}
     if "synth" in args.datasets:
         generate(args.synth_dir)  # defaults: 256², 40 train, 12 good + 4 per defect type

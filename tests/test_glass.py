@@ -99,7 +99,7 @@ def straightforward_gas(detector, true_features, centres, radius):
             if detector.hypersphere:
                 synthetic = truncated_projection(synthetic, centres, radius, 2 * radius)
             else:
-                synthetic = truncated_projection(synthetic, true_features, 0.5, 1.0)
+                synthetic = truncated_projection(synthetic, true_features, *cfg.manifold_band)
 
 
 @pytest.mark.parametrize("hypersphere", [False, True])
