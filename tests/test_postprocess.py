@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 from anomap.postprocess import calibrate, gaussian_blur, upsample
@@ -13,6 +14,24 @@ def test_blur_matches_scipy(shape):
     for i in range(shape[0]):
         ref = gaussian_filter(maps[i].numpy().astype(np.float64), sigma=4.0)
         np.testing.assert_allclose(ours[i], ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize(("grid", "size"), [((7, 7), (56, 56)), ((5, 9), (40, 30))])
+def test_upsample_equals_resize_then_blur_then_moving_mean(grid, size, align_corners):
+    """The one-matrix-per-axis form against the three steps run one after another."""
+    cells = torch.rand(2, *grid, generator=torch.Generator().manual_seed(1))
+    resized = F.interpolate(cells[:, None], size=size, mode="bilinear", align_corners=align_corners)
+    plain = upsample(cells, size, align_corners=align_corners)
+    torch.testing.assert_close(plain, resized[:, 0], atol=1e-6, rtol=0)
+    blurred = upsample(cells, size, sigma=4.0, align_corners=align_corners)
+    for i in range(2):
+        ref = gaussian_filter(resized[i, 0].double().numpy(), sigma=4.0)
+        np.testing.assert_allclose(blurred[i].numpy(), ref, atol=1e-5)
+    pooled = upsample(cells, size, align_corners=align_corners, window=16)
+    ref = F.avg_pool2d(resized, 16, stride=1)[:, 0]
+    assert pooled.shape == (2, size[0] - 15, size[1] - 15)
+    torch.testing.assert_close(pooled, ref, atol=1e-6, rtol=0)
 
 
 def test_upsample_shape_and_constant():

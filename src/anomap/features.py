@@ -57,23 +57,40 @@ class PatchAggregator(nn.Module):
         pooled = F.adaptive_avg_pool1d(blocks.transpose(1, 2), dim)  # B×(h·w)×dim
         return pooled.transpose(1, 2).reshape(batch, dim, height, width)
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+    def layer_maps(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Each layer's pooled B×d_l×h_l×w_l map on its own grid, before any resizing."""
         if len(features) != len(self.channels):
             raise ValueError(f"expected {len(self.channels)} feature maps, got {len(features)}")
-        grid = features[0].shape[-2:]
-        pooled = []
-        for feature, dim in zip(features, self.layer_dims, strict=True):
-            layer = self._pool_layer(feature, dim)
-            if layer.shape[-2:] != grid:
-                layer = F.interpolate(layer, size=grid, mode="bilinear", align_corners=False)
-            pooled.append(layer)
-        stacked = torch.cat(pooled, dim=1)
+        return [self._pool_layer(f, d) for f, d in zip(features, self.layer_dims, strict=True)]
+
+    def combine(self, layers: Sequence[torch.Tensor]) -> torch.Tensor:
+        """`layer_maps` -> B×D×H×W: resize to the first layer's grid, concatenate, pool."""
+        grid = layers[0].shape[-2:]
+        resized = [
+            layer
+            if layer.shape[-2:] == grid
+            else F.interpolate(layer, size=grid, mode="bilinear", align_corners=False)
+            for layer in layers
+        ]
+        stacked = torch.cat(resized, dim=1)
         if self.target_dim is None or self.target_dim == stacked.shape[1]:
             return stacked
         batch, total, height, width = stacked.shape
         flat = stacked.permute(0, 2, 3, 1).reshape(batch, height * width, total)
         reduced = F.adaptive_avg_pool1d(flat, self.target_dim)
         return reduced.reshape(batch, height, width, self.target_dim).permute(0, 3, 1, 2)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.combine(self.layer_maps(features))
+
+    def output_matrix(self) -> torch.Tensor:
+        """out_dim × Σd_l float64 matrix of the final pooling along the concatenated vector
+        (the identity without it), so a Linear after `combine` can fold it in."""
+        total = sum(self.layer_dims)
+        identity = torch.eye(total, dtype=torch.float64)
+        if self.target_dim is None or self.target_dim == total:
+            return identity
+        return F.adaptive_avg_pool1d(identity[None], self.target_dim)[0].T
 
 
 def patch_rows(feature_map: torch.Tensor) -> torch.Tensor:

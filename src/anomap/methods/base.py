@@ -24,7 +24,7 @@ from anomap.data.samples import Category, Sample
 from anomap.data.transforms import Preprocess
 from anomap.errors import AnomapError, ConfigError, DataError
 from anomap.features import PatchAggregator
-from anomap.postprocess import Calibration, calibrate, gaussian_blur, upsample
+from anomap.postprocess import Calibration, calibrate, upsample
 from anomap.progress import track
 
 ImageInput = str | Path | Image.Image | np.ndarray
@@ -321,8 +321,7 @@ class Detector:
     def predict_tensor(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole inference path on a preprocessed batch: (image scores, smoothed maps)."""
         image_scores, cells = self._score(images)
-        maps = upsample(cells, tuple(images.shape[-2:]))
-        return image_scores, gaussian_blur(maps, self.config.blur_sigma)
+        return image_scores, upsample(cells, tuple(images.shape[-2:]), sigma=self.config.blur_sigma)
 
     def predict(self, images: Any, *, category: str | None = None) -> Prediction:
         """Score image paths, PIL images, uint8 arrays or a preprocessed tensor batch;

@@ -369,8 +369,10 @@ class UniAD(EpochTrainedDetector):
         self.model.eval()
         features = self._features(images)
         errors = (self.model(features) - features).pow(2).sum(dim=1).sqrt()
-        maps = upsample(errors, tuple(images.shape[-2:]), align_corners=True)
-        pooled = F.avg_pool2d(maps[:, None], IMAGE_POOL, stride=1)
+        size = tuple(images.shape[-2:])
+        maps = upsample(errors, size, align_corners=True)
+        # the moving mean of the upsampled map, taken straight from the token grid
+        pooled = upsample(errors, size, align_corners=True, window=IMAGE_POOL)
         return pooled.flatten(1).max(dim=1).values, maps
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
