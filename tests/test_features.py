@@ -1,9 +1,10 @@
 """The patch-feature aggregation of METHODS.md §1.2 and its exact shortcuts."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from anomap.features import PatchAggregator, patch_rows
+from anomap.features import FoldedLinear, PatchAggregator, patch_rows
 
 
 def reference_layer(feature, grid, dim):
@@ -65,3 +66,27 @@ def test_patch_rows_order_is_image_then_row_major():
     rows = patch_rows(fmap)
     assert rows.shape == (8, 3)
     torch.testing.assert_close(rows[5], fmap[1, :, 0, 1])
+
+
+@pytest.mark.parametrize(
+    ("dims", "per_layer"),
+    [
+        ({}, True),  # Lite0's 40 + 112 channels kept
+        ({"target_dim": 96}, True),  # the final pooling folded into the per-layer weights
+        ({"target_dim": 24}, False),  # the full grid is cheaper
+        ({"layer_dim": 200, "target_dim": 300}, True),
+        ({"layer_dim": 1536, "target_dim": 1536}, False),  # the paper's WRN-50 pooling
+    ],
+)
+def test_folded_linear_equals_the_linear_on_combined_rows(dims, per_layer):
+    torch.manual_seed(2)
+    layers = [torch.randn(3, 40, 8, 10), torch.randn(3, 112, 4, 5)]
+    agg = PatchAggregator([40, 112], **dims)
+    weight, bias = torch.randn(64, agg.out_dim), torch.randn(64)
+    pooled = agg.layer_maps(layers)
+    linear = FoldedLinear(agg, weight, bias, pooled)
+    assert linear.per_layer == per_layer
+    expected = torch.addmm(bias, patch_rows(agg(layers)), weight.T)
+    torch.testing.assert_close(linear(pooled), expected, atol=1e-4, rtol=1e-4)
+    # image chunks give the rows of those images
+    torch.testing.assert_close(linear([x[1:] for x in pooled]), expected[80:], atol=1e-4, rtol=1e-4)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import anomap
+from anomap.data.images import read_image
 from anomap.data.layouts import discover
 from anomap.errors import AnomapError, ArtifactError
 from anomap.evaluation import evaluate_category
@@ -34,10 +35,21 @@ def test_predict_outputs(fitted):
     assert result.is_anomalous.dtype == bool and result.normalized.shape == (3,)
     assert model.calibration.num_images >= 1
     # arrays and PIL images give the same scores as paths
-    from anomap.data.images import read_image
-
     again = model.predict([np.asarray(read_image(p)) for p in paths])
     np.testing.assert_allclose(again.scores, result.scores, rtol=1e-5)
+
+
+def test_cell_scores_are_exact_nearest_distances(fitted, monkeypatch):
+    """The per-layer ranking (`FoldedLinear`) finds what brute force on the rows finds, also
+    when the image chunks hold one image each."""
+    category, model = fitted
+    images = torch.stack([model.preprocess.image(read_image(s.path)) for s in category.test[:3]])
+    rows = model._embed(images).permute(0, 2, 3, 1).reshape(3, -1, model.aggregator.out_dim)
+    expected = torch.cdist(rows, model.memory_bank[None].expand(3, -1, -1)).min(dim=2).values
+    for chunk in (1 << 23, 1):
+        monkeypatch.setattr("anomap.methods.patchcore._CHUNK_ELEMENTS", chunk)
+        _, cells = model._score(images)
+        torch.testing.assert_close(cells.flatten(1), expected, atol=1e-3, rtol=1e-4)
 
 
 def test_reweighting_matches_paper_formula(fitted):

@@ -88,9 +88,58 @@ class PatchAggregator(nn.Module):
         (the identity without it), so a Linear after `combine` can fold it in."""
         total = sum(self.layer_dims)
         identity = torch.eye(total, dtype=torch.float64)
-        if self.target_dim is None or self.target_dim == total:
+        if self.out_dim == total:
             return identity
-        return F.adaptive_avg_pool1d(identity[None], self.target_dim)[0].T
+        return F.adaptive_avg_pool1d(identity[None], self.out_dim)[0].T
+
+
+class FoldedLinear:
+    """`rows @ weight.T + bias` for the (B·H·W)×D rows of `aggregator.combine(layers)`,
+    computed in the cheaper of two exact orders.
+
+    Every step of `combine` (resizing, concatenation, the final pooling) is linear, so the
+    product equals Σ_l resize(W_l·p_l) + b: W_l are the columns of weight·`output_matrix()`
+    for layer l, applied to each layer's pooled map p_l on its own, coarser grid, and the
+    out-wide products are resized instead of the inputs. With Lite0's 40 + 112 channels that
+    is 2.2× fewer multiply-adds than the product on the full grid; with WRN-50's pooled
+    1536 + 1536 it is more, and the full grid is used. Equal up to float rounding (tested).
+    """
+
+    def __init__(
+        self,
+        aggregator: PatchAggregator,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        layers: Sequence[torch.Tensor],
+    ) -> None:
+        height, width = layers[0].shape[-2:]
+        self.aggregator = aggregator
+        self.bias = bias
+        self.per_layer = sum(x[0].numel() for x in layers) < height * width * aggregator.out_dim
+        if not self.per_layer:
+            self.weight = weight
+            return
+        if aggregator.out_dim != sum(aggregator.layer_dims):
+            weight = weight @ aggregator.output_matrix().to(weight)
+        self.layer_weights = weight.split(aggregator.layer_dims, dim=1)
+
+    def __call__(self, layers: Sequence[torch.Tensor]) -> torch.Tensor:
+        """`layer_maps` of some images -> their (B·H·W)×out products."""
+        if not self.per_layer:
+            return torch.addmm(
+                self.bias, patch_rows(self.aggregator.combine(layers)), self.weight.T
+            )
+        first, *rest = layers
+        batch, _, height, width = first.shape
+        out = torch.addmm(self.bias, patch_rows(first), self.layer_weights[0].T)
+        for layer, weight in zip(rest, self.layer_weights[1:], strict=True):
+            part = torch.mm(patch_rows(layer), weight.T)
+            if layer.shape[-2:] != (height, width):  # resized channels-last, as `combine` does
+                coarse = part.reshape(batch, *layer.shape[-2:], -1).permute(0, 3, 1, 2)
+                fine = F.interpolate(coarse, (height, width), mode="bilinear", align_corners=False)
+                part = fine.permute(0, 2, 3, 1).reshape(out.shape)
+            out.add_(part)
+        return out
 
 
 def patch_rows(feature_map: torch.Tensor) -> torch.Tensor:

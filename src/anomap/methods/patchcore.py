@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from anomap.data.samples import Sample
-from anomap.features import patch_rows
+from anomap.features import FoldedLinear, patch_rows
 from anomap.methods.base import DetectorConfig, PatchFeatureDetector, _check
 from anomap.progress import track
 
@@ -95,7 +95,8 @@ class NearestNeighbors:
         self.bank = bank
         self.bank_squared = (bank * bank).sum(1)
         self._faiss_index = None
-        if backend == "faiss":
+        self.uses_faiss = backend == "faiss"
+        if self.uses_faiss:
             try:
                 import faiss
             except ImportError as exc:
@@ -125,12 +126,21 @@ class NearestNeighbors:
     def _search_chunk(self, chunk: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact search of one chunk of queries against the whole bank."""
         # ‖q‖² is constant per row, so ranking needs only ‖m‖² − 2 q·m (one fused addmm)
-        partial = torch.addmm(self.bank_squared, chunk, self.bank.T, alpha=-2.0)
+        return self.nearest(
+            torch.addmm(self.bank_squared, chunk, self.bank.T, alpha=-2.0), chunk, k
+        )
+
+    @staticmethod
+    def nearest(
+        partial: torch.Tensor, queries: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(distances, indices) of the k bank rows with the least ‖m‖² − 2 q·m (`partial`,
+        Q×bank) for `queries`."""
         if k == 1:
             values, indices = partial.min(dim=1, keepdim=True)
         else:
             values, indices = torch.topk(partial, k, dim=1, largest=False)
-        values += (chunk * chunk).sum(1, keepdim=True)
+        values += (queries * queries).sum(1, keepdim=True)
         return values.clamp_min(0).sqrt(), indices
 
 
@@ -167,15 +177,41 @@ class PatchCore(PatchFeatureDetector):
         self._index = NearestNeighbors(self.memory_bank, self.config.search)
 
     def _score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        embedded = self._embed(images)
-        batch, _, height, width = embedded.shape
-        queries = patch_rows(embedded)
-        distances, indices = self._index.search(queries, 1)
+        layers = self.aggregator.layer_maps(self.backbone(images))
+        batch, _, height, width = layers[0].shape
+        queries = patch_rows(self.aggregator.combine(layers))
+        distances, indices = self._nearest(layers, queries)
         cells = distances[:, 0].reshape(batch, height * width)
         nearest = indices[:, 0].reshape(batch, height * width)
         per_image = queries.reshape(batch, height * width, -1)
         image_scores = self._reweighted_max(per_image, cells, nearest)
         return image_scores, cells.reshape(batch, height, width)
+
+    def _nearest(
+        self, layers: list[torch.Tensor], queries: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nearest bank row of every query, exact. The ranking term ‖m‖² − 2 q·m is a Linear
+        of the aggregated features, so `FoldedLinear` computes it from the per-layer maps
+        (2.2× fewer multiply-adds with Lite0), one image chunk of about `_CHUNK_ELEMENTS`
+        distances at a time; faiss searches the rows themselves."""
+        if self._index.uses_faiss:
+            return self._index.search(queries, 1)
+        ranking = FoldedLinear(
+            self.aggregator, -2.0 * self.memory_bank, self._index.bank_squared, layers
+        )
+        if torch.onnx.is_in_onnx_export():  # one chunk: a traced loop would freeze the batch
+            return self._index.nearest(ranking(layers), queries, 1)
+        batch, cells = len(layers[0]), len(queries) // len(layers[0])
+        step = max(1, _CHUNK_ELEMENTS // (cells * len(self.memory_bank)))
+        parts = [
+            self._index.nearest(
+                ranking([x[start : start + step] for x in layers]),
+                queries[start * cells : (start + step) * cells],
+                1,
+            )
+            for start in range(0, batch, step)
+        ]
+        return torch.cat([d for d, _ in parts]), torch.cat([i for _, i in parts])
 
     def _reweighted_max(
         self, queries: torch.Tensor, cells: torch.Tensor, nearest: torch.Tensor
