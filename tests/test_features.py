@@ -88,5 +88,8 @@ def test_folded_linear_equals_the_linear_on_combined_rows(dims, per_layer):
     assert linear.per_layer == per_layer
     expected = torch.addmm(bias, patch_rows(agg(layers)), weight.T)
     torch.testing.assert_close(linear(pooled), expected, atol=1e-4, rtol=1e-4)
-    # image chunks give the rows of those images
+    # image chunks give the rows of those images, output slices those columns
+    torch.testing.assert_close(
+        linear(pooled, slice(5, 20)), expected[:, 5:20], atol=1e-4, rtol=1e-4
+    )
     torch.testing.assert_close(linear([x[1:] for x in pooled]), expected[80:], atol=1e-4, rtol=1e-4)

@@ -40,14 +40,14 @@ def test_predict_outputs(fitted):
 
 
 def test_cell_scores_are_exact_nearest_distances(fitted, monkeypatch):
-    """The per-layer ranking (`FoldedLinear`) finds what brute force on the rows finds, also
-    when the image chunks hold one image each."""
+    """The per-layer ranking (`FoldedLinear`) in blocks finds what brute force on the rows
+    finds, however the images and the bank are split."""
     category, model = fitted
     images = torch.stack([model.preprocess.image(read_image(s.path)) for s in category.test[:3]])
     rows = model._embed(images).permute(0, 2, 3, 1).reshape(3, -1, model.aggregator.out_dim)
     expected = torch.cdist(rows, model.memory_bank[None].expand(3, -1, -1)).min(dim=2).values
-    for chunk in (1 << 23, 1):
-        monkeypatch.setattr("anomap.methods.patchcore._CHUNK_ELEMENTS", chunk)
+    for block in (1 << 23, 1 << 19, 5000, 1):  # all at once, image chunks, bank blocks
+        monkeypatch.setattr("anomap.methods.patchcore._BLOCK_ELEMENTS", block)
         _, cells = model._score(images)
         torch.testing.assert_close(cells.flatten(1), expected, atol=1e-3, rtol=1e-4)
 

@@ -123,17 +123,20 @@ class FoldedLinear:
             weight = weight @ aggregator.output_matrix().to(weight)
         self.layer_weights = weight.split(aggregator.layer_dims, dim=1)
 
-    def __call__(self, layers: Sequence[torch.Tensor]) -> torch.Tensor:
-        """`layer_maps` of some images -> their (B·H·W)×out products."""
+    def __call__(
+        self, layers: Sequence[torch.Tensor], outputs: slice = slice(None)
+    ) -> torch.Tensor:
+        """`layer_maps` of some images -> their (B·H·W)×out products, or only the `outputs`
+        columns (a caller reducing over many outputs keeps its blocks in cache)."""
+        bias = self.bias[outputs]
         if not self.per_layer:
-            return torch.addmm(
-                self.bias, patch_rows(self.aggregator.combine(layers)), self.weight.T
-            )
+            rows = patch_rows(self.aggregator.combine(layers))
+            return torch.addmm(bias, rows, self.weight[outputs].T)
         first, *rest = layers
         batch, _, height, width = first.shape
-        out = torch.addmm(self.bias, patch_rows(first), self.layer_weights[0].T)
+        out = torch.addmm(bias, patch_rows(first), self.layer_weights[0][outputs].T)
         for layer, weight in zip(rest, self.layer_weights[1:], strict=True):
-            part = torch.mm(patch_rows(layer), weight.T)
+            part = torch.mm(patch_rows(layer), weight[outputs].T)
             if layer.shape[-2:] != (height, width):  # resized channels-last, as `combine` does
                 coarse = part.reshape(batch, *layer.shape[-2:], -1).permute(0, 3, 1, 2)
                 fine = F.interpolate(coarse, (height, width), mode="bilinear", align_corners=False)

@@ -31,6 +31,7 @@ from anomap.methods.base import DetectorConfig, PatchFeatureDetector, _check
 from anomap.progress import track
 
 _CHUNK_ELEMENTS = 1 << 23  # ≈ 32 MB of float32 distances per search chunk
+_BLOCK_ELEMENTS = 1 << 19  # ≈ 2 MB of ranking terms per block of `PatchCore._nearest`
 
 
 @dataclass
@@ -190,28 +191,35 @@ class PatchCore(PatchFeatureDetector):
     def _nearest(
         self, layers: list[torch.Tensor], queries: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Nearest bank row of every query, exact. The ranking term ‖m‖² − 2 q·m is a Linear
-        of the aggregated features, so `FoldedLinear` computes it from the per-layer maps
-        (2.2× fewer multiply-adds with Lite0), one image chunk of about `_CHUNK_ELEMENTS`
-        distances at a time; faiss searches the rows themselves."""
+        """(distance, index) of every query's nearest bank row, exact, each Q×1.
+
+        The ranking term ‖m‖² − 2 q·m is a Linear of the aggregated features, so
+        `FoldedLinear` computes it from the per-layer maps (2.2× fewer multiply-adds with
+        Lite0), a block of about `_BLOCK_ELEMENTS` terms at a time (the block stays in cache
+        while it is reduced to a running minimum). faiss searches the rows themselves."""
         if self._index.uses_faiss:
             return self._index.search(queries, 1)
         ranking = FoldedLinear(
             self.aggregator, -2.0 * self.memory_bank, self._index.bank_squared, layers
         )
-        if torch.onnx.is_in_onnx_export():  # one chunk: a traced loop would freeze the batch
+        if torch.onnx.is_in_onnx_export():  # one block: a traced loop would freeze the batch
             return self._index.nearest(ranking(layers), queries, 1)
-        batch, cells = len(layers[0]), len(queries) // len(layers[0])
-        step = max(1, _CHUNK_ELEMENTS // (cells * len(self.memory_bank)))
-        parts = [
-            self._index.nearest(
-                ranking([x[start : start + step] for x in layers]),
-                queries[start * cells : (start + step) * cells],
-                1,
-            )
-            for start in range(0, batch, step)
-        ]
-        return torch.cat([d for d, _ in parts]), torch.cat([i for _, i in parts])
+        batch, cells, bank = len(layers[0]), len(queries) // len(layers[0]), len(self.memory_bank)
+        images = max(1, _BLOCK_ELEMENTS // (cells * bank))  # several only for small banks
+        columns = max(1, _BLOCK_ELEMENTS // (cells * images))
+        distances, indices = [], []
+        for start in range(0, batch, images):
+            chunk = [x[start : start + images] for x in layers]
+            least, nearest = ranking(chunk, slice(0, columns)).min(dim=1)
+            for first in range(columns, bank, columns):
+                values, index = ranking(chunk, slice(first, first + columns)).min(dim=1)
+                closer = values < least
+                least = torch.where(closer, values, least)
+                nearest = torch.where(closer, index + first, nearest)
+            rows = queries[start * cells : (start + images) * cells]
+            distances.append((least + (rows * rows).sum(1)).clamp_min(0).sqrt())
+            indices.append(nearest)
+        return torch.cat(distances)[:, None], torch.cat(indices)[:, None]
 
     def _reweighted_max(
         self, queries: torch.Tensor, cells: torch.Tensor, nearest: torch.Tensor
