@@ -212,7 +212,6 @@ def test_speed_benchmark_onnx_columns(tmp_path, onnx):
         return
     for key in ("onnx_img_s", "onnx_backbone_img_s", "onnx_ratio", "onnx_vs_torch"):
         assert row[key] > 0
-    assert row["onnx_vs_torch"] == pytest.approx(row["onnx_img_s"] / row["method_img_s"])
     assert result["json"]["onnxruntime"]["intra_op_num_threads"] == torch.get_num_threads()
     assert result["json"]["command"].endswith("--onnx")
     assert "| ORT backbone img/s | ORT method img/s | ORT ratio | ORT ÷ torch |" in markdown

@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -26,15 +27,40 @@ if TYPE_CHECKING:
     from anomap.methods.base import Detector
 
 
-def _throughput(fn: Callable[[], Any], batch: int, min_seconds: float, min_runs: int) -> float:
-    """Images per second of `fn` on one batch, after two warm-up calls."""
-    for _ in range(2):
-        fn()
+ROUNDS = 5  # alternating timing rounds per comparison; medians are reported
+
+
+def _throughput(fn: Callable[[], Any], batch: int, min_seconds: float) -> float:
+    """Images per second of `fn` on one batch: at least one call and `min_seconds`."""
     runs, start = 0, time.perf_counter()
-    while runs < min_runs or time.perf_counter() - start < min_seconds:
+    while runs < 1 or time.perf_counter() - start < min_seconds:
         fn()
         runs += 1
     return runs * batch / (time.perf_counter() - start)
+
+
+def _compare(
+    reference: Callable[[], Any], candidate: Callable[[], Any], batch: int, min_seconds: float
+) -> tuple[float, float, float]:
+    """(reference img/s, candidate img/s, candidate ÷ reference), each the median over
+    `ROUNDS` alternating rounds of `min_seconds` / `ROUNDS` each. A shared machine's speed
+    drifts by tens of percent within seconds; the ratio of two timings taken side by side
+    drifts much less, so the ratio is the median of the per-round ratios."""
+    for fn in (reference, candidate, reference, candidate):
+        fn()  # warm up both
+    seconds = min_seconds / ROUNDS
+    pairs = [
+        (
+            _throughput(reference, batch, seconds),
+            _throughput(candidate, batch, seconds),
+        )
+        for _ in range(ROUNDS)
+    ]
+    return (
+        statistics.median(r for r, _ in pairs),
+        statistics.median(c for _, c in pairs),
+        statistics.median(c / r for r, c in pairs),
+    )
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -144,28 +170,35 @@ def run_speed_benchmark(
                 with torch.inference_mode():
                     return backbone(images)
 
-            base = _throughput(bare, batch, min_seconds, 3)
-            method = _throughput(
-                lambda d=detector, x=images: d.predict_tensor(x), batch, min_seconds, 3
-            )
+            def predict(detector=detector, images=images):
+                return detector.predict_tensor(images)
+
+            base, method, ratio = _compare(bare, predict, batch, min_seconds)
             row = {
                 "batch": batch,
                 "variant": label,
                 "layers": list(backbone.layers),
                 "backbone_img_s": base,
                 "method_img_s": method,
-                "ratio": method / base,
+                "ratio": ratio,
             }
             if label in runners:
                 run_model, run_backbone = runners[label]
                 array = images.numpy()
-                onnx_base = _throughput(lambda f=run_backbone, x=array: f(x), batch, min_seconds, 3)
-                onnx_method = _throughput(lambda f=run_model, x=array: f(x), batch, min_seconds, 3)
+                onnx_base, onnx_method, onnx_ratio = _compare(
+                    lambda f=run_backbone, x=array: f(x),
+                    lambda f=run_model, x=array: f(x),
+                    batch,
+                    min_seconds,
+                )
+                _, _, onnx_vs_torch = _compare(
+                    predict, lambda f=run_model, x=array: f(x), batch, min_seconds
+                )
                 row.update(
                     onnx_backbone_img_s=onnx_base,
                     onnx_img_s=onnx_method,
-                    onnx_ratio=onnx_method / onnx_base,
-                    onnx_vs_torch=onnx_method / method,
+                    onnx_ratio=onnx_ratio,
+                    onnx_vs_torch=onnx_vs_torch,
                 )
             rows.append(row)
     name = next(iter(detectors.values())).backbone.spec.name
@@ -193,7 +226,8 @@ def run_speed_benchmark(
             "(torch's thread count, so both run on the same cores), timed on the same batches: "
             "the model as `anomap export` writes it (dynamic batch) through "
             "`OnnxDetector.predict_batch`, and the backbone exported alone by the same "
-            "exporter. ORT ÷ torch = ORT method img/s ÷ torch method img/s. Peak memory "
+            "exporter. ORT ÷ torch: the exported model against the torch predict path, timed "
+            "side by side in the same rounds. Peak memory "
             "includes the onnxruntime sessions."
         )
     elif onnx:
@@ -214,7 +248,9 @@ def run_speed_benchmark(
 
     lines = [
         f"Inference ({name}, {size}², fitted on {n_train} images) on {torch_device.type}; "
-        "the backbone column is each method's own feature extractor alone.",
+        "the backbone column is each method's own feature extractor alone. Each img/s is "
+        f"the median of {ROUNDS} rounds alternating with its reference, each ratio the "
+        "median of the per-round ratios (a shared machine drifts; side-by-side ratios less).",
         "",
         f"| {' | '.join(columns)} |",
         "|---:|---|" + "---:|" * (len(columns) - 2),
