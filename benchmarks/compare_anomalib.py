@@ -220,7 +220,7 @@ def copy_backbone(timm_model: torch.nn.Module, layers: tuple[int, ...]) -> float
     must match) and return the largest feature difference on a random batch (expected 0)."""
     from anomap.backbones import load_backbone
 
-    extractor = load_backbone(BACKBONE, layers)
+    extractor = load_backbone(BACKBONE, layers, fold_batch_norm=False)  # timm's own keys
     source = extractor.model.state_dict()
     target = timm_model.state_dict()
     if set(source) != set(target):

@@ -1,13 +1,17 @@
 """The embedded backbone must carry real ImageNet weights, loaded by position correctly."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from torch import nn
 
 from anomap.backbones import get_spec, load_backbone
 from anomap.backbones.extractor import match_state_dict, read_state_dict
+from anomap.backbones.folding import fold_batch_norms, folded_copy
 from anomap.errors import WeightsError
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -75,3 +79,38 @@ def test_unreadable_weights_file(tmp_path):
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="cannot read weights file"):
         load_backbone("resnet18", weights=path)
+
+
+def test_batch_norms_fold_into_convolutions_with_the_same_features():
+    folded = load_backbone("efficientnet_lite0")
+    plain = load_backbone("efficientnet_lite0", fold_batch_norm=False)
+    assert folded.folded_batch_norms == 48 and plain.folded_batch_norms == 0
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert not any(p.requires_grad for p in folded.parameters())
+    images = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for ours, reference in zip(folded(images), plain(images), strict=True):
+            torch.testing.assert_close(ours, reference, atol=1e-4, rtol=1e-4)
+
+
+class Misordered(nn.Module):
+    """Registers a BatchNorm after a convolution whose output it never normalises."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = nn.Conv2d(3, 4, 3)
+        self.norm = nn.BatchNorm2d(4)
+        self.conv = nn.Conv2d(3, 4, 3)
+        with torch.no_grad():
+            self.norm.running_mean.uniform_(-1, 1)
+            self.norm.running_var.uniform_(0.5, 2)
+
+    def forward(self, x):
+        return [self.norm(self.conv(x))]
+
+
+def test_a_fold_that_changes_outputs_is_not_kept():
+    model = Misordered()
+    assert fold_batch_norms(copy.deepcopy(model)) == 1  # the naive rule would fold it
+    kept, count = folded_copy(model)
+    assert kept is model and count == 0

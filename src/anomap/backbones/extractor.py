@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from anomap.backbones.folding import folded_copy
 from anomap.backbones.registry import BackboneSpec, get_spec
 from anomap.errors import WeightsError
 
@@ -83,14 +84,21 @@ class FeatureExtractor(nn.Module):
     """A frozen timm backbone returning the feature maps of the requested stages.
 
     It stays in eval mode (BatchNorm uses running statistics) and never needs gradients, even
-    when a trainable head is trained on top of it.
+    when a trainable head is trained on top of it. `folded_batch_norms` counts the BatchNorms
+    `load_backbone` folded into convolutions.
     """
 
     def __init__(
-        self, model: nn.Module, spec: BackboneSpec, layers: Sequence[int], weights_id: str
+        self,
+        model: nn.Module,
+        spec: BackboneSpec,
+        layers: Sequence[int],
+        weights_id: str,
+        folded_batch_norms: int = 0,
     ) -> None:
         super().__init__()
         self.model = model
+        self.folded_batch_norms = folded_batch_norms
         self.spec = spec
         self.layers = tuple(layers)
         self.weights_id = weights_id
@@ -114,12 +122,15 @@ def load_backbone(
     *,
     weights: str | Path | None = None,
     download: bool = False,
+    fold_batch_norm: bool = True,
 ) -> FeatureExtractor:
     """Build a frozen feature extractor with verified pretrained weights.
 
     Weight sources, in order: an explicit local `weights` file; the pip package of an embedded
     backbone; the timm hub only when `download=True`. Anything else is an error, never a
-    silent random initialisation.
+    silent random initialisation. `fold_batch_norm` folds the BatchNorms into the
+    convolutions (`anomap.backbones.folding`: same features up to float rounding, faster);
+    turn it off to get timm's own module structure and state dict.
     """
     import timm
 
@@ -155,4 +166,7 @@ def load_backbone(
             f"state dict of timm's {spec.timm_name!r}), or pass --download to fetch them "
             "from the timm hub"
         )
-    return FeatureExtractor(model, spec, layers, weights_id)
+    folded = 0
+    if fold_batch_norm:
+        model, folded = folded_copy(model)
+    return FeatureExtractor(model, spec, layers, weights_id, folded)
