@@ -103,12 +103,6 @@ def upsample(
     return torch.matmul(torch.matmul(rows, maps), columns.T)
 
 
-def gaussian_blur(maps: torch.Tensor, sigma: float = 4.0, truncate: float = 4.0) -> torch.Tensor:
-    """Batched `scipy.ndimage.gaussian_filter(map, sigma)` per B×H×W map (mode 'reflect'), on
-    tensors, so it runs where the model runs."""
-    return upsample(maps, tuple(maps.shape[-2:]), sigma=sigma, truncate=truncate)
-
-
 @dataclass(frozen=True)
 class Calibration:
     """What normal images taught us about scores, learnt without any anomalous image.
