@@ -59,9 +59,14 @@ scores only the synthetic rows (commit "GLASS: the faithful preset 'paper' is th
 default…"; same values, about 2× faster GLASS epochs), and every CPU detector now keeps freed
 memory in glibc's heap (commit "CPU training keeps freed blocks…"; page faults had doubled
 training and batch-32 inference times). The ball_screw rows of `accuracy_glass_paper`,
-`accuracy_glass_fast` and `accuracy_glass_fast_fgnone` ran with both; their synth rows and
-`accuracy_glass_fast_gasall` with the first only; the GLASS unified rows and every other
-method's rows predate both.
+`accuracy_glass_fast`, `accuracy_glass_paper_fggenerated` and
+`accuracy_glass_fast_fggenerated`, and all of `glass_presets`, ran with both; the synth rows of
+`accuracy_glass_paper` and `accuracy_glass_fast` and `accuracy_glass_fast_gasall` with the
+first only; the GLASS unified rows and every other method's rows predate both. The two
+ball_screw rows with today's automatic foreground choice ran side by side with one thread
+each, but `fast` (79 s/epoch) also shared the cores with development work for most of its run
+and `paper` (254 s/epoch) for part of its run; the same `fast` configuration took 58 s/epoch in
+an earlier run beside one other job. `glass_presets` times both presets under the same load.
 
 ## Reading unified against per-category rows
 
@@ -85,7 +90,7 @@ ANOMALIB_NOTES = """### Where anomalib wins, why, and what would close the gap
   a 32-image texture test set one or two images swap ranks. To close it: run anomap's coreset
   on the full 152-d features (`projection_dim` ≥ 152) and on more test images to see whether
   the gap is the projection or noise. PatchCore accuracy is otherwise within noise on every
-  category, and anomap fits 6–12× faster.
+  category, and anomap fits 5–7× faster (synth, 2 threads).
 - **GLASS pixel metrics (brushed_metal, pill, washer; ball_screw).** anomalib's P-AUROC and
   AUPRO are higher (synth at 5 epochs; ball_screw at 2 epochs: 88.8 / 94.3 P-AUROC, 71.9 /
   81.1 AUPRO), while image AUROC is level. The comparison runs anomap's `fast` preset, which
@@ -96,12 +101,12 @@ ANOMALIB_NOTES = """### Where anomalib wins, why, and what would close the gap
   reference's choice with its fg masks, but ours are generated), while anomalib places them
   anywhere. On ball_screw that mask was wrong: the thread fills the frame, and Otsu kept only
   its bright flanks at the edges, so no anomaly was synthesised where the pitting is. With no
-  mask, anomap's `fast` GLASS reaches 90.6 P-AUROC / 71.2 AUPRO at 10 epochs
-  (`accuracy_glass_fast_fgnone`), and GLASS's automatic choice now uses no mask for such
-  close-ups (`fills_frame`). The textures differ too (procedural vs Perlin noise). To close
-  it: compare with `--preset paper` (now GLASS's default: fresh views, GAS on every row), the
-  current automatic foreground choice, the DTD textures and the papers' 640 epochs; 2 or 5
-  epochs is a smoke test for both tools, not a result.
+  mask, anomap's `fast` GLASS reaches 90.6 P-AUROC / 71.2 AUPRO at 10 epochs and `paper`
+  93.2 / 74.0 (`accuracy_glass_fast`, `accuracy_glass_paper`): GLASS's automatic choice now
+  uses no mask for such close-ups (`fills_frame`). The textures differ too (procedural vs
+  Perlin noise). To close it: compare with `--preset paper` (now GLASS's default: fresh
+  views, GAS on every row), the current automatic foreground choice, the DTD textures and the
+  papers' 640 epochs; 2 or 5 epochs is a smoke test for both tools, not a result.
 - **PatchCore inference speed on ball_screw (1 % coreset).** Accuracy is equal (P-AUROC and
   AUPRO identical, I-AUROC within one image) and anomap fits several times faster, but
   anomalib's img/s columns are higher. The two workers ran one after the other on a shared
@@ -109,8 +114,9 @@ ANOMALIB_NOTES = """### Where anomalib wins, why, and what would close the gap
   or two were, so those columns do not compare like with like in this row. In anomap's path at
   this size the exact nearest-neighbour search (2496 cells against a 4.5k-row bank, one GEMM
   with a 152-long inner dimension) costs as much as the backbone, as anomalib's `cdist` does.
-  To settle it: re-run this row alone on an idle machine; if the gap stays, search in smaller
-  chunks (cache-sized GEMM outputs) or export to ONNX (`anomap bench --onnx`).
+  Since this row was made, anomap's search ranks the bank from the per-layer maps (2.2×
+  fewer multiply-adds) in cache-sized blocks, and the blur became two small matrix products
+  (see the speed table). To settle it: re-run this row alone on an idle machine.
 - **No 10 % coreset row on ball_screw.** anomalib's greedy coreset selection took 44 min for
   the 1 % bank (4,991 picks at about 2.3 picks/s, one thread); each pick scans all 499k
   training patches, so the 10 % bank (49,910 picks) would take about 6 hours here. anomap
@@ -244,6 +250,39 @@ def summary_table(dataset: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def speed_table() -> str:
+    """Each method's torch img/s and ratio to its bare backbone per batch size, and its
+    onnxruntime img/s, from speed_cpu.json (the README's speed block)."""
+    payload = _load("speed_cpu.json")
+    if payload is None:
+        return "(no speed_cpu.json yet: run `anomap bench --onnx`)\n"
+    rows = payload["rows"]
+    batches = sorted({r["batch"] for r in rows})
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    by_key = {(r["variant"], r["batch"]): r for r in rows}
+    head = ["method"] + [f"batch {b}: img/s (÷ backbone)" for b in batches]
+    onnx = all("onnx_img_s" in r for r in rows)
+    if onnx:
+        head += [f"ONNX Runtime, batch {b}" for b in batches]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for variant in variants:
+        cells = [variant]
+        for b in batches:
+            row = by_key[(variant, b)]
+            cells.append(f"{row['method_img_s']:.1f} ({row['ratio']:.2f}×)")
+        if onnx:
+            cells += [f"{by_key[(variant, b)]['onnx_img_s']:.1f}" for b in batches]
+        lines.append("| " + " | ".join(cells) + " |")
+    backbone = [r["backbone_img_s"] for r in rows if r["batch"] == batches[-1]]
+    lines += [
+        "",
+        f"Bare backbone at batch {batches[-1]}: {min(backbone):.0f}–{max(backbone):.0f} img/s "
+        f"in the same run. Command: `{payload['command']}`; "
+        f"{payload['machine']['torch_threads']} torch threads.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def _section(title: str, name: str) -> str | None:
     path = RESULTS / name
     if not path.is_file():
@@ -264,6 +303,7 @@ def main() -> None:
     sections = [("Speed against the bare backbone (CPU)", "speed_cpu.md")]
     sections.append(("Speed against the bare backbone (GPU)", "speed_cuda.md"))
     sections.append(("anomap against anomalib", "compare_anomalib.md"))
+    sections.append(("GLASS presets over seeds: fast against paper", "glass_presets.md"))
     sections.append(("PatchCore fit time and memory against training-set size", "scaling.md"))
     sections.append(("Accuracy: PatchCore", "accuracy_patchcore.md"))
     for path in sorted(RESULTS.glob("accuracy_*.md")):
@@ -291,6 +331,7 @@ def update_readme() -> None:
         "methods": methods_table,
         "synth": lambda: summary_table("synth"),
         "shared": lambda: summary_table("shared"),
+        "speed": speed_table,
     }
     for name, make in blocks.items():
         start = f"<!-- results:{name} -->"
