@@ -73,3 +73,17 @@ def test_calibration_without_spread_stays_readable(scores):
 def test_calibration_rejects_empty():
     with pytest.raises(ValueError, match="at least one"):
         calibrate(np.array([]), np.zeros((0, 2, 2)))
+
+
+def test_probability_scores_get_a_threshold_below_one():
+    """PBAS/GLASS scores are a sigmoid's maximum: a normal fit on the raw scale put the
+    threshold above 1 (seen: 1.061 on woven_fabric), where no image can ever reach it."""
+    normals = np.array([0.93, 0.96, 0.975, 0.995])
+    raw = calibrate(normals, np.zeros((4, 2, 2)), quantile=0.99)
+    assert raw.image_threshold > 1.0
+    cal = calibrate(normals, np.zeros((4, 2, 2)), quantile=0.99, probabilities=True)
+    logits = np.log(normals / (1 - normals))
+    expected = 1 / (1 + np.exp(-(logits.mean() + 2.3263478740 * logits.std(ddof=1))))
+    assert cal.image_threshold == pytest.approx(expected)
+    assert normals.max() < cal.image_threshold < 1.0
+    assert cal.decide(np.array([0.9999, 1.0])).all()

@@ -142,29 +142,46 @@ class Calibration:
         return cls(**data)
 
 
-def _score_quantile(scores: np.ndarray, quantile: float) -> float:
+PROBABILITY_EPS = 1e-7  # float32 resolution just below 1: a saturated sigmoid reads 1.0
+
+
+def _score_quantile(scores: np.ndarray, quantile: float, probabilities: bool) -> float:
     """The `quantile` of normal scores. When there are too few scores for it to lie inside
     their range (n·(1 − q) < 1: under 100 images for the 99th percentile), the empirical
     estimate is about their maximum, which new good images exceed often (4 held-out images of
     a 40-image training set: about one in five); there the higher of it and a normal fit's
     quantile, mean + z·std, is used. With enough scores the empirical quantile stands, so a
-    few outlying normals cannot inflate the threshold."""
+    few outlying normals cannot inflate the threshold.
+
+    Scores that are probabilities (GLASS, PBAS: a sigmoid's maximum) are fitted on the logit
+    scale and mapped back, so the threshold stays below 1: fitted on the raw scale, normals
+    near 1 put it above every score the model can give (nothing would ever be flagged)."""
     empirical = float(np.quantile(scores, quantile))
     if scores.size < 2 or quantile >= 1.0 or scores.size * (1.0 - quantile) >= 1.0:
         return empirical
-    fitted = float(scores.mean() + NormalDist().inv_cdf(quantile) * scores.std(ddof=1))
+    z = NormalDist().inv_cdf(quantile)
+    if probabilities:
+        clipped = np.clip(scores, PROBABILITY_EPS, 1.0 - PROBABILITY_EPS)
+        logits = np.log(clipped) - np.log1p(-clipped)
+        fitted = float(1.0 / (1.0 + np.exp(-(logits.mean() + z * logits.std(ddof=1)))))
+    else:
+        fitted = float(scores.mean() + z * scores.std(ddof=1))
     return max(empirical, fitted)
 
 
-def calibrate(scores: np.ndarray, maps: np.ndarray, quantile: float = 0.99) -> Calibration:
-    """Fit the decision threshold and colour scale from normal images only."""
+def calibrate(
+    scores: np.ndarray, maps: np.ndarray, quantile: float = 0.99, *, probabilities: bool = False
+) -> Calibration:
+    """Fit the decision threshold and colour scale from normal images only; `probabilities`
+    says the image scores lie in (0, 1) (see `_score_quantile`)."""
     scores = np.asarray(scores, dtype=np.float64)
     if scores.size == 0:
         raise ValueError("calibration needs at least one normal image")
     if not 0.5 <= quantile <= 1.0:
         raise ValueError(f"quantile must be in [0.5, 1], got {quantile}")
     flat = np.asarray(maps, dtype=np.float32).reshape(-1)
-    threshold, center = _score_quantile(scores, quantile), float(np.median(scores))
+    threshold = _score_quantile(scores, quantile, probabilities)
+    center = float(np.median(scores))
     if threshold - center <= 1e-6 * abs(threshold):
         # one held-out image (or equal scores) has no spread to scale by: measure from zero,
         # so normalised scores stay readable (threshold -> 1) instead of dividing by ~0

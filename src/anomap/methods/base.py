@@ -160,6 +160,8 @@ class Detector:
 
     method: ClassVar[str]
     Config: ClassVar[type[DetectorConfig]] = DetectorConfig
+    # image scores are probabilities in (0, 1), which calibration must respect
+    probability_scores: ClassVar[bool] = False
 
     def __init__(self, **settings: Any) -> None:
         self.config = self.Config(**settings)
@@ -285,13 +287,18 @@ class Detector:
         (their score scales differ) from that category's held-out images."""
         result = self.predict(held_out)
         quantile = self.config.threshold_quantile
-        self.calibration = calibrate(result.scores, result.maps, quantile)
+        probabilities = self.probability_scores
+        self.calibration = calibrate(
+            result.scores, result.maps, quantile, probabilities=probabilities
+        )
         if len(self.categories) < 2:
             return
         for name in self.categories:
             rows = [i for i, s in enumerate(held_out) if s.category == name]
             if rows:
-                cal = calibrate(result.scores[rows], result.maps[rows], quantile)
+                cal = calibrate(
+                    result.scores[rows], result.maps[rows], quantile, probabilities=probabilities
+                )
                 self.category_calibration[name] = cal
 
     def calibration_for(self, category: str | None) -> Calibration | None:

@@ -206,6 +206,7 @@ class SynthesisDetector(EpochTrainedDetector, PatchFeatureDetector):
 
     Config = SynthesisConfig
     config: SynthesisConfig
+    probability_scores = True  # the largest sigmoid output of D
 
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
