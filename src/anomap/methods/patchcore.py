@@ -141,8 +141,13 @@ class NearestNeighbors:
             values, indices = partial.min(dim=1, keepdim=True)
         else:
             values, indices = torch.topk(partial, k, dim=1, largest=False)
-        values += (queries * queries).sum(1, keepdim=True)
-        return values.clamp_min(0).sqrt(), indices
+        return NearestNeighbors.distances(values, queries[:, None]), indices
+
+    @staticmethod
+    def distances(partial: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """Euclidean distances from ranking terms ‖m‖² − 2 q·m, adding each query's ‖q‖²
+        (`queries` has one more trailing axis than `partial`)."""
+        return (partial + (queries * queries).sum(-1)).clamp_min(0).sqrt()
 
 
 class PatchCore(PatchFeatureDetector):
@@ -217,7 +222,7 @@ class PatchCore(PatchFeatureDetector):
                 least = torch.where(closer, values, least)
                 nearest = torch.where(closer, index + first, nearest)
             rows = queries[start * cells : (start + images) * cells]
-            distances.append((least + (rows * rows).sum(1)).clamp_min(0).sqrt())
+            distances.append(self._index.distances(least, rows))
             indices.append(nearest)
         return torch.cat(distances)[:, None], torch.cat(indices)[:, None]
 
