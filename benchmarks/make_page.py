@@ -266,6 +266,7 @@ def speed_table() -> str:
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     by_key = {(r["variant"], r["batch"]): r for r in rows}
     head = ["method"] + [f"batch {b}: img/s (÷ backbone)" for b in batches]
+    head.append("arithmetic bound")
     onnx = all("onnx_img_s" in r for r in rows)
     if onnx:
         head += [f"ONNX Runtime, batch {b}" for b in batches]
@@ -275,6 +276,7 @@ def speed_table() -> str:
         for b in batches:
             row = by_key[(variant, b)]
             cells.append(f"{row['method_img_s']:.1f} ({row['ratio']:.2f}×)")
+        cells.append(f"{by_key[(variant, batches[-1])]['flop_bound']:.2f}×")
         if onnx:
             cells += [f"{by_key[(variant, b)]['onnx_img_s']:.1f}" for b in batches]
         lines.append("| " + " | ".join(cells) + " |")
@@ -283,7 +285,9 @@ def speed_table() -> str:
         "",
         f"Bare backbone at batch {batches[-1]}: {min(backbone):.0f}–{max(backbone):.0f} img/s "
         f"in the same run. Command: `{payload['command']}`; "
-        f"{payload['machine']['torch_threads']} torch threads.",
+        f"{payload['machine']['torch_threads']} torch threads. Arithmetic bound: the "
+        "backbone's floating-point operations ÷ the method's whole predict path's (matrix "
+        "products, convolutions, attention), the ratio reached if time followed arithmetic.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -205,9 +205,12 @@ def test_speed_benchmark_onnx_columns(tmp_path, onnx):
     markdown = result["markdown"]
     assert json.loads((tmp_path / "speed_cpu.json").read_text()) == result["json"]
     assert (tmp_path / "speed_cpu.md").read_text() == markdown
+    # the head, upsampling and blur add arithmetic to the backbone's, never remove it
+    assert 0 < row["backbone_gflop"] < row["method_gflop"]
+    assert row["flop_bound"] == pytest.approx(row["backbone_gflop"] / row["method_gflop"])
     if not onnx:
         assert not [key for key in (*row, *result["json"]) if "onnx" in key]
-        assert "| batch | method | backbone img/s | method img/s | ratio |\n" in markdown
+        assert "| method img/s | ratio | GFLOP/img | bound |\n" in markdown
         assert "ORT" not in markdown and "--onnx" not in markdown
         return
     for key in ("onnx_img_s", "onnx_backbone_img_s", "onnx_ratio", "onnx_vs_torch"):

@@ -63,6 +63,19 @@ def _compare(
     )
 
 
+def _gflop_per_image(fn: Callable[[], Any], batch: int) -> float:
+    """Floating-point operations of one call of `fn` per image, in GFLOP, as torch's
+    FlopCounterMode counts them: matrix products, convolutions and attention, not element-wise
+    work. Dividing a backbone's count by a method's gives the throughput ratio the method would
+    reach if time followed arithmetic: where a measured ratio sits below that bound there is
+    overhead to remove; where the bound itself is low, the method's own arithmetic is the cost."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / batch / 1e9
+
+
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -174,6 +187,8 @@ def run_speed_benchmark(
                 return detector.predict_tensor(images)
 
             base, method, ratio = _compare(bare, predict, batch, min_seconds)
+            backbone_gflop = _gflop_per_image(bare, batch)
+            method_gflop = _gflop_per_image(predict, batch)
             row = {
                 "batch": batch,
                 "variant": label,
@@ -181,6 +196,9 @@ def run_speed_benchmark(
                 "backbone_img_s": base,
                 "method_img_s": method,
                 "ratio": ratio,
+                "backbone_gflop": backbone_gflop,
+                "method_gflop": method_gflop,
+                "flop_bound": backbone_gflop / method_gflop,
             }
             if label in runners:
                 run_model, run_backbone = runners[label]
@@ -213,8 +231,14 @@ def run_speed_benchmark(
         "peak_memory_mb": _peak_memory_mb(torch_device),
         "machine": machine_info(torch_device),
     }
-    columns = ["batch", "method", "backbone img/s", "method img/s", "ratio"]
-    notes = []
+    columns = ["batch", "method", "backbone img/s", "method img/s", "ratio", "GFLOP/img", "bound"]
+    notes = [
+        "GFLOP/img: the method's whole predict path per image, counted by torch's "
+        "FlopCounterMode (matrix products, convolutions, attention; not element-wise work). "
+        "bound: the backbone's count ÷ the method's, the ratio the method would reach if time "
+        "followed arithmetic. A ratio well below its bound is overhead; a low bound is the "
+        "method's own arithmetic."
+    ]
     if measure_onnx:
         from anomap.export import require
 
@@ -237,7 +261,8 @@ def run_speed_benchmark(
     def cells(r: dict[str, Any]) -> str:
         text = (
             f"| {r['batch']} | {r['variant']} | {r['backbone_img_s']:.1f} "
-            f"| {r['method_img_s']:.1f} | {r['ratio']:.2f} |"
+            f"| {r['method_img_s']:.1f} | {r['ratio']:.2f} | {r['method_gflop']:.2f} "
+            f"| {r['flop_bound']:.2f} |"
         )
         if "onnx_img_s" in r:
             text += (
