@@ -61,10 +61,14 @@ def evaluate_groups(
     for group in groups:
         detector = detector_class(**settings)
         oracle = None
+        epoch_ends: list[float] = []  # when each epoch ended, less the oracle's scoring time
         if trained:
             test = [s for c in group for s in c.test]
             oracle = OracleSelection(test, every=every, epochs=detector.config.epochs)
-            detector.epoch_end_callbacks.append(oracle)
+            detector.epoch_end_callbacks += [
+                oracle,
+                lambda *_, ends=epoch_ends, o=oracle: ends.append(time.perf_counter() - o.seconds),
+            ]
         start = time.perf_counter()
         detector.fit(group)
         fit_seconds = time.perf_counter() - start - (oracle.seconds if oracle else 0.0)
@@ -76,6 +80,10 @@ def evaluate_groups(
         }
         if trained:
             shared["seconds_per_epoch"] = fit_seconds / detector.config.epochs
+            if len(epoch_ends) > 1:  # the steady epoch, without set-up (caches, pools)
+                loop = (epoch_ends[-1] - epoch_ends[0]) / (len(epoch_ends) - 1)
+                shared["loop_seconds_per_epoch"] = loop
+                shared["setup_seconds"] = fit_seconds - loop * detector.config.epochs
             fitted = round(shared["train_images"] * (1 - detector.config.val_fraction))
             steps = -(-fitted // detector.config.batch_size)
             shared["iterations_per_second"] = steps / shared["seconds_per_epoch"]
@@ -110,6 +118,8 @@ def _table(rows: dict[str, Any], oracle: bool) -> str:
 def write_markdown(payload: dict[str, Any], path: Path) -> None:
     sections = [f"# {payload['benchmark']}\n"]
     sections += [f"Command for {n}: `{c}`\n" for n, c in sorted(payload["commands"].items())]
+    if "note" in payload:  # what was learnt about the file after it was written
+        sections.append(f"Note: {payload['note']}.\n")
     for name, rows in payload["results"].items():
         first = next(iter(rows.values()))
         fit = np.mean([r["fit_seconds"] for r in rows.values()])

@@ -178,7 +178,13 @@ def anomap_detector(job: dict[str, Any]) -> Detector:
     if job["method"] == "patchcore":
         return PatchCore(coreset_ratio=job["coreset"], num_neighbors=job["num_neighbors"], **common)
     dim = job["glass_dim"]
-    return GLASS(epochs=job["glass_epochs"], preset="fast", layer_dim=dim, target_dim=dim, **common)
+    return GLASS(
+        epochs=job["glass_epochs"],
+        preset=job["glass_preset"],
+        layer_dim=dim,
+        target_dim=dim,
+        **common,
+    )
 
 
 def run_anomap(job: dict[str, Any], category: Any, test: tuple) -> dict[str, Any]:
@@ -481,6 +487,7 @@ def base_job(args: argparse.Namespace) -> dict[str, Any]:
         "num_neighbors": 9,
         "glass_epochs": args.glass_epochs,
         "glass_dim": args.glass_dim,
+        "glass_preset": args.glass_preset,
         "speed_batches": [1, 32],
         "speed_seconds": args.speed_seconds,
         "mmap_threshold": args.mmap_threshold,
@@ -638,6 +645,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--glass-epochs", type=int, default=5)
     parser.add_argument("--glass-dim", type=int, default=152, help="GLASS feature dimension")
+    parser.add_argument(
+        "--glass-preset",
+        choices=["paper", "fast"],
+        default="paper",
+        help="anomap's GLASS preset; paper follows the procedure anomalib implements",
+    )
     parser.add_argument("--coreset", type=float, default=0.1)
     parser.add_argument("--batch-size", type=int, default=8, help="training batch, both tools")
     parser.add_argument("--speed-seconds", type=float, default=3.0)
