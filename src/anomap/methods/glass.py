@@ -143,8 +143,11 @@ class GLASSConfig(SynthesisConfig):
         stride = self.steps_per_gradient
         _check(
             stride is None
-            or stride >= 1
-            and self.ascent_steps % stride == 0 == self.projection_interval % stride,
+            or (
+                stride >= 1
+                and self.ascent_steps % stride == 0
+                and self.projection_interval % stride == 0
+            ),
             "steps_per_gradient must divide both ascent_steps and projection_interval",
         )
 
