@@ -58,7 +58,7 @@ def test_reweighting_matches_paper_formula(fitted):
     query = bank[:1] + 0.5
     cells = torch.cdist(query, bank)
     nearest = cells.argmin(1)
-    score = model._reweighted_max(query[None], cells.min(1).values[None], nearest[None])
+    score = model._reweighted_max(query[None], cells.min(1).values[None])
     anchor = bank[nearest[0]]
     support = torch.cdist(anchor[None], bank)[0].topk(model.config.num_neighbors, largest=False)
     dists = torch.cdist(query, bank[support.indices])[0]

@@ -31,7 +31,7 @@ from anomap.methods.base import DetectorConfig, PatchFeatureDetector, _check
 from anomap.progress import track
 
 _CHUNK_ELEMENTS = 1 << 23  # ≈ 32 MB of float32 distances per search chunk
-_BLOCK_ELEMENTS = 1 << 19  # ≈ 2 MB of ranking terms per block of `PatchCore._nearest`
+_BLOCK_ELEMENTS = 1 << 19  # ≈ 2 MB of ranking terms per block of the bank search
 
 
 @dataclass
@@ -186,60 +186,55 @@ class PatchCore(PatchFeatureDetector):
         layers = self.aggregator.layer_maps(self.backbone(images))
         batch, _, height, width = layers[0].shape
         queries = patch_rows(self.aggregator.combine(layers))
-        distances, indices = self._nearest(layers, queries)
-        cells = distances[:, 0].reshape(batch, height * width)
-        nearest = indices[:, 0].reshape(batch, height * width)
+        cells = self._nearest_distances(layers, queries).reshape(batch, height * width)
         per_image = queries.reshape(batch, height * width, -1)
-        image_scores = self._reweighted_max(per_image, cells, nearest)
+        image_scores = self._reweighted_max(per_image, cells)
         return image_scores, cells.reshape(batch, height, width)
 
-    def _nearest(
-        self, layers: list[torch.Tensor], queries: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(distance, index) of every query's nearest bank row, exact, each Q×1.
+    def _nearest_distances(self, layers: list[torch.Tensor], queries: torch.Tensor) -> torch.Tensor:
+        """Every query's distance to its nearest bank row, exact (Q).
 
         The ranking term ‖m‖² − 2 q·m is a Linear of the aggregated features, so
         `FoldedLinear` computes it from the per-layer maps (2.2× fewer multiply-adds with
         Lite0), a block of about `_BLOCK_ELEMENTS` terms at a time (the block stays in cache
-        while it is reduced to a running minimum). faiss searches the rows themselves."""
+        while it is reduced to a running minimum). Only values are kept: a minimum with its
+        index costs several times more, and only the re-weighting needs an index, for one
+        patch per image. faiss searches the rows themselves."""
         if self._index.uses_faiss:
-            return self._index.search(queries, 1)
+            return self._index.search(queries, 1)[0][:, 0]
         ranking = FoldedLinear(
             self.aggregator, -2.0 * self.memory_bank, self._index.bank_squared, layers
         )
         if torch.onnx.is_in_onnx_export():  # one block: a traced loop would freeze the batch
-            return self._index.nearest(ranking(layers), queries, 1)
+            return self._index.distances(ranking(layers).amin(dim=1), queries)
         batch, cells, bank = len(layers[0]), len(queries) // len(layers[0]), len(self.memory_bank)
         images = max(1, _BLOCK_ELEMENTS // (cells * bank))  # several only for small banks
         columns = max(1, _BLOCK_ELEMENTS // (cells * images))
-        distances, indices = [], []
+        distances = []
         for start in range(0, batch, images):
             chunk = [x[start : start + images] for x in layers]
-            least, nearest = ranking(chunk, slice(0, columns)).min(dim=1)
+            least = ranking(chunk, slice(0, columns)).amin(dim=1)
             for first in range(columns, bank, columns):
-                values, index = ranking(chunk, slice(first, first + columns)).min(dim=1)
-                closer = values < least
-                least = torch.where(closer, values, least)
-                nearest = torch.where(closer, index + first, nearest)
+                torch.minimum(
+                    least, ranking(chunk, slice(first, first + columns)).amin(dim=1), out=least
+                )
             rows = queries[start * cells : (start + images) * cells]
             distances.append(self._index.distances(least, rows))
-            indices.append(nearest)
-        return torch.cat(distances)[:, None], torch.cat(indices)[:, None]
+        return torch.cat(distances)
 
-    def _reweighted_max(
-        self, queries: torch.Tensor, cells: torch.Tensor, nearest: torch.Tensor
-    ) -> torch.Tensor:
+    def _reweighted_max(self, queries: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
         """Paper eq. 7: s = (1 − exp‖m* − n*‖ / Σ_{n ∈ N_b(n*)} exp‖m* − n‖) · s*, where m* is
-        the most anomalous test patch, n* its nearest bank patch and N_b(n*) the b nearest bank
-        patches of n* (n* itself included)."""
+        the most anomalous test patch (B×cells×D `queries`, B×cells scores `cells`), n* its
+        nearest bank patch and N_b(n*) the b nearest bank patches of n* (n* itself included)."""
         top = cells.argmax(dim=1)
         rows = torch.arange(cells.shape[0], device=cells.device)
         worst_patch = queries[rows, top]
         worst_score = cells[rows, top]
-        anchor = self.memory_bank[nearest[rows, top]]
         b = min(self.config.num_neighbors, self.memory_bank.shape[0])
         if b <= 1:
             return worst_score
+        _, nearest = self._index.search(worst_patch, 1)
+        anchor = self.memory_bank[nearest[:, 0]]
         _, support = self._index.search(anchor, b)
         support_points = self.memory_bank[support]  # B×b×D
         support_dist = torch.linalg.vector_norm(support_points - worst_patch[:, None], dim=2)
