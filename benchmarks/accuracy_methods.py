@@ -224,6 +224,8 @@ def main() -> None:
         "results": results,
         "machines": machines,
     }
+    if "note" in previous:  # a note on the file's older rows stays with them
+        payload["note"] = previous["note"]
     args.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(json.dumps(payload, indent=2, default=float), args.out / f"{stem}.json")
     write_markdown(payload, args.out / f"{stem}.md")
