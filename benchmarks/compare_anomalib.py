@@ -578,10 +578,11 @@ PROTOCOL = [
     "learning rates, GAS settings and manifold/hypersphere variant (anomap's choice); anomalib "
     "without DTD uses its Perlin-noise textures, anomap its procedural textures. anomalib pools "
     "every layer to one size, so anomap runs with layer_dim = target_dim = --glass-dim here, "
-    "not its default (40 + 112 channels kept unpooled); anomap uses its 'fast' preset (cached "
-    "features, 4 LAS views per image), anomalib a fresh LAS view every step. anomap's synth GLASS "
-    "rows predate `gas_fraction` (GAS on every row, as anomalib); its ball_screw row has fast's "
-    "current default, GAS on a random quarter of each batch's rows.",
+    "not its default (40 + 112 channels kept unpooled). anomap runs the preset its command "
+    "names (--glass-preset; default paper, anomalib's procedure: a fresh LAS view every step, "
+    "20 ascent gradients on every row). The ball_screw GLASS row is older and ran anomap's "
+    "'fast' preset as it then was: cached features, a pool of 4 LAS views per image, and the "
+    "ascent on a random quarter of each batch's rows.",
     "train s: wall time of fitting, including decoding and preprocessing the training images "
     "on both sides. img/s: the predict path on preprocessed tensors already in memory, after "
     "warm-up, at batch 1 and 32. Peak RSS: ru_maxrss of the worker process (one per tool, "
