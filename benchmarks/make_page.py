@@ -272,7 +272,7 @@ def speed_table() -> str:
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     by_key = {(r["variant"], r["batch"]): r for r in rows}
     head = ["method"] + [f"batch {b}: img/s (÷ backbone)" for b in batches]
-    head.append("arithmetic bound")
+    head.append(f"arithmetic bound, batch {batches[-1]}")
     onnx = all("onnx_img_s" in r for r in rows)
     if onnx:
         head += [f"ONNX Runtime, batch {b}" for b in batches]
