@@ -51,8 +51,16 @@ def _model_size_mb(detector: Any) -> float:
 
 
 def evaluate_groups(
-    dataset: str, root: Path, method: str, settings: dict[str, Any], unified: bool, every: int
+    dataset: str,
+    root: Path,
+    method: str,
+    settings: dict[str, Any],
+    unified: bool,
+    every: int,
+    callbacks: tuple[Any, ...] = (),
 ) -> dict[str, Any]:
+    """Train and test one model per category (or one for all with `unified`); `callbacks` are
+    called at every epoch end, after the oracle's, like the detector's own."""
     categories = discover(root)
     groups = [categories] if unified else [[c] for c in categories]
     detector_class = get_method(method)
@@ -68,6 +76,7 @@ def evaluate_groups(
             detector.epoch_end_callbacks += [
                 oracle,
                 lambda *_, ends=epoch_ends, o=oracle: ends.append(time.perf_counter() - o.seconds),
+                *callbacks,
             ]
         start = time.perf_counter()
         detector.fit(group)

@@ -28,6 +28,12 @@ if TYPE_CHECKING:
 
 
 ROUNDS = 5  # alternating timing rounds per comparison; medians are reported
+# inference precisions: None runs float32; the others run the whole path under autocast
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
 
 
 def _throughput(fn: Callable[[], Any], batch: int, min_seconds: float) -> float:
@@ -37,6 +43,39 @@ def _throughput(fn: Callable[[], Any], batch: int, min_seconds: float) -> float:
         fn()
         runs += 1
     return runs * batch / (time.perf_counter() - start)
+
+
+def _synchronised(fn: Callable[[], Any], device: torch.device) -> Callable[[], Any]:
+    """`fn` that returns only once the device has finished its work: CUDA kernels run
+    asynchronously, so a host clock around an unsynchronised call times only the launches."""
+    if device.type != "cuda":
+        return fn
+
+    def run() -> Any:
+        result = fn()
+        torch.cuda.synchronize(device)
+        return result
+
+    return run
+
+
+def _autocast(fn: Callable[[], Any], device: torch.device, dtype: torch.dtype | None):
+    """`fn` under autocast to `dtype` (matrix products and convolutions in that type,
+    reductions and normalisations in float32, as torch's autocast lists decide); None: as is."""
+    if dtype is None:
+        return fn
+
+    def run() -> Any:
+        with torch.autocast(device.type, dtype=dtype):
+            return fn()
+
+    return run
+
+
+def _relative_error(candidate: torch.Tensor, reference: torch.Tensor) -> float:
+    """‖candidate − reference‖ / ‖reference‖ in float64."""
+    reference = reference.double()
+    return float((candidate.double() - reference).norm() / reference.norm().clamp_min(1e-30))
 
 
 def _compare(
@@ -133,6 +172,7 @@ def run_speed_benchmark(
     methods: Sequence[str] | None = None,
     size: int = 224,
     device: str = "auto",
+    precisions: Sequence[str] = ("fp32",),
     n_train: int = 100,
     min_seconds: float = 3.0,
     onnx: bool = False,
@@ -140,7 +180,9 @@ def run_speed_benchmark(
     """Fit every variant of `SPEED_VARIANTS` (or those of `methods`) on a generated category of
     `n_train` good images, then time `predict_tensor` (the whole inference path: features,
     the method's head, upsampling, blur) and that detector's bare backbone on the same
-    preprocessed batches, interleaved so both see the same machine state. `onnx` adds the
+    preprocessed batches, interleaved so both see the same machine state. Each of
+    `precisions` (`PRECISIONS`) other than fp32 times both under autocast and records how far
+    the maps and scores move from fp32's on the timed batch. `onnx` adds the
     exported model and exported backbone on onnxruntime, timed on the same batches (CPU only:
     `OnnxDetector` uses onnxruntime's CPU provider). Writes speed_<device>.json/.md."""
     from anomap.data.synth import generate
@@ -148,6 +190,9 @@ def run_speed_benchmark(
     from anomap.methods.base import resolve_device
 
     torch_device = resolve_device(device)
+    unknown = sorted(set(precisions) - set(PRECISIONS))
+    if unknown:
+        raise ValueError(f"unknown precision {unknown}: choose from {sorted(PRECISIONS)}")
     resize = size + size // 7  # the paper's 256 -> 224 ratio
     variants = [v for v in SPEED_VARIANTS if methods is None or v[1] in methods]
     measure_onnx = onnx and torch_device.type == "cpu"
@@ -186,44 +231,58 @@ def run_speed_benchmark(
             def predict(detector=detector, images=images):
                 return detector.predict_tensor(images)
 
-            base, method, ratio = _compare(bare, predict, batch, min_seconds)
             backbone_gflop = _gflop_per_image(bare, batch)
             method_gflop = _gflop_per_image(predict, batch)
-            row = {
-                "batch": batch,
-                "variant": label,
-                "layers": list(backbone.layers),
-                "backbone_img_s": base,
-                "method_img_s": method,
-                "ratio": ratio,
-                "backbone_gflop": backbone_gflop,
-                "method_gflop": method_gflop,
-                "flop_bound": backbone_gflop / method_gflop,
-            }
-            if label in runners:
-                run_model, run_backbone = runners[label]
-                array = images.numpy()
-                onnx_base, onnx_method, onnx_ratio = _compare(
-                    lambda f=run_backbone, x=array: f(x),
-                    lambda f=run_model, x=array: f(x),
-                    batch,
-                    min_seconds,
+            reference_scores, reference_maps = predict()
+            for precision in precisions:
+                dtype = PRECISIONS[precision]
+                timed_bare, timed_predict = (
+                    _synchronised(_autocast(fn, torch_device, dtype), torch_device)
+                    for fn in (bare, predict)
                 )
-                _, _, onnx_vs_torch = _compare(
-                    predict, lambda f=run_model, x=array: f(x), batch, min_seconds
-                )
-                row.update(
-                    onnx_backbone_img_s=onnx_base,
-                    onnx_img_s=onnx_method,
-                    onnx_ratio=onnx_ratio,
-                    onnx_vs_torch=onnx_vs_torch,
-                )
-            rows.append(row)
+                base, method, ratio = _compare(timed_bare, timed_predict, batch, min_seconds)
+                row = {
+                    "batch": batch,
+                    "variant": label,
+                    "precision": precision,
+                    "layers": list(backbone.layers),
+                    "backbone_img_s": base,
+                    "method_img_s": method,
+                    "ratio": ratio,
+                    "backbone_gflop": backbone_gflop,
+                    "method_gflop": method_gflop,
+                    "flop_bound": backbone_gflop / method_gflop,
+                }
+                if dtype is not None:
+                    scores, maps = timed_predict()
+                    row["map_error"] = _relative_error(maps, reference_maps)
+                    row["score_error"] = _relative_error(scores, reference_scores)
+                if label in runners and dtype is None:
+                    run_model, run_backbone = runners[label]
+                    array = images.numpy()
+                    onnx_base, onnx_method, onnx_ratio = _compare(
+                        lambda f=run_backbone, x=array: f(x),
+                        lambda f=run_model, x=array: f(x),
+                        batch,
+                        min_seconds,
+                    )
+                    _, _, onnx_vs_torch = _compare(
+                        predict, lambda f=run_model, x=array: f(x), batch, min_seconds
+                    )
+                    row.update(
+                        onnx_backbone_img_s=onnx_base,
+                        onnx_img_s=onnx_method,
+                        onnx_ratio=onnx_ratio,
+                        onnx_vs_torch=onnx_vs_torch,
+                    )
+                rows.append(row)
     name = next(iter(detectors.values())).backbone.spec.name
     result = {
         "benchmark": "inference speed: each method's predict path vs its bare backbone, same run",
         "command": f"anomap bench --batch-sizes {','.join(map(str, batch_sizes))} "
-        f"--size {size} --device {device}" + (" --onnx" if onnx else ""),
+        f"--size {size} --device {device}"
+        + (f" --precisions {','.join(precisions)}" if tuple(precisions) != ("fp32",) else "")
+        + (" --onnx" if onnx else ""),
         "backbone": name,
         "input": [3, size, size],
         "train_images": n_train,
@@ -231,7 +290,11 @@ def run_speed_benchmark(
         "peak_memory_mb": _peak_memory_mb(torch_device),
         "machine": machine_info(torch_device),
     }
+    mixed = tuple(precisions) != ("fp32",)
     columns = ["batch", "method", "backbone img/s", "method img/s", "ratio", "GFLOP/img", "bound"]
+    if mixed:
+        columns[2:2] = ["precision"]
+        columns += ["map error", "score error"]
     notes = [
         "GFLOP/img: the method's whole predict path per image, counted by torch's "
         "FlopCounterMode (matrix products, convolutions, attention; not element-wise work). "
@@ -239,6 +302,12 @@ def run_speed_benchmark(
         "followed arithmetic. A ratio well below its bound is overhead; a low bound is the "
         "method's own arithmetic."
     ]
+    if mixed:
+        notes.append(
+            "precision: fp32, or the bare backbone and the whole predict path both under "
+            "torch.autocast to bf16/fp16. map/score error: ‖x − x_fp32‖ / ‖x_fp32‖ on the "
+            "timed batch (random inputs), how far reduced precision moves the outputs."
+        )
     if measure_onnx:
         from anomap.export import require
 
@@ -259,11 +328,18 @@ def run_speed_benchmark(
         notes.append(f"`--onnx` ignored: {result['onnx_skipped']}.")
 
     def cells(r: dict[str, Any]) -> str:
+        precision = f" {r['precision']} |" if mixed else ""
         text = (
-            f"| {r['batch']} | {r['variant']} | {r['backbone_img_s']:.1f} "
+            f"| {r['batch']} | {r['variant']} |{precision} {r['backbone_img_s']:.1f} "
             f"| {r['method_img_s']:.1f} | {r['ratio']:.2f} | {r['method_gflop']:.2f} "
             f"| {r['flop_bound']:.2f} |"
         )
+        if mixed:
+            text += "".join(
+                f" {r[k]:.1e} |" if k in r else " – |" for k in ("map_error", "score_error")
+            )
+        if measure_onnx and "onnx_img_s" not in r:  # reduced-precision rows: torch only
+            text += " – |" * 4
         if "onnx_img_s" in r:
             text += (
                 f" {r['onnx_backbone_img_s']:.1f} | {r['onnx_img_s']:.1f} "
@@ -278,7 +354,7 @@ def run_speed_benchmark(
         "median of the per-round ratios (a shared machine drifts; side-by-side ratios less).",
         "",
         f"| {' | '.join(columns)} |",
-        "|---:|---|" + "---:|" * (len(columns) - 2),
+        "|---:|---|" + ("---|" if mixed else "") + "---:|" * (len(columns) - 2 - mixed),
         *(cells(r) for r in rows),
         "",
         *(f"{note}\n" for note in notes),

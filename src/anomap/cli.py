@@ -537,6 +537,11 @@ def bench(
         "patchcore,pbas,glass,uniad", help="Comma-separated methods to time."
     ),
     device: str = Device,
+    precisions: str = typer.Option(
+        "fp32",
+        help="Comma-separated inference precisions: fp32, bf16, fp16 (autocast; bf16/fp16 "
+        "mainly for GPUs).",
+    ),
     onnx: bool = typer.Option(
         False,
         "--onnx",
@@ -558,6 +563,7 @@ def bench(
         methods=[m for m in methods.split(",") if m],
         size=size,
         device=device,
+        precisions=[p for p in precisions.split(",") if p],
         onnx=onnx,
     )
     _print(result["json"], as_json, None if quiet else result["markdown"])

