@@ -73,6 +73,8 @@ def evaluate_groups(
         if trained:
             test = [s for c in group for s in c.test]
             oracle = OracleSelection(test, every=every, epochs=detector.config.epochs)
+            # I-AUROC + P-AUROC at each scored epoch: how the run got where it ended
+            detector.training_info["oracle_curve"] = oracle.curve
             detector.epoch_end_callbacks += [
                 oracle,
                 lambda *_, ends=epoch_ends, o=oracle: ends.append(time.perf_counter() - o.seconds),

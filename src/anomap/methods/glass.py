@@ -53,7 +53,9 @@ Deviations, all deliberate and named here (each run also records its own in `tra
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,6 +99,7 @@ from anomap.synthesis.textures import (
 
 EPS = 1e-10
 LABEL_SMOOTHING = 1e-5
+VIEW_THREADS = 8  # LAS views made at once (capped by the CPU count)
 FOREGROUND_MODES = ("auto", "files", "generated", "none")
 
 
@@ -214,6 +217,16 @@ class LocalSynthesis:
         self.foreground_modes = detector._foreground_modes(samples)
         self.mask_files = [load_foreground_masks(None, s.category, [s.path])[0] for s in samples]
         self._foregrounds: dict[int, np.ndarray | None] = {}
+        self._workers: ThreadPoolExecutor | None = None
+
+    def views(self, requests: list[tuple[int, tuple[int, int]]]) -> list[LASView]:
+        """`view` for each (index, key), made by a thread pool: decoding, texture warps and
+        Perlin noise run on the CPU and release the GIL for much of their time, and on a GPU
+        they, not the networks, set the pace of a `paper` epoch. Each view draws from its own
+        seeded generator, so the result does not depend on the threads."""
+        if self._workers is None:
+            self._workers = ThreadPoolExecutor(max(1, min(VIEW_THREADS, os.cpu_count() or 1)))
+        return list(self._workers.map(lambda request: self.view(*request), requests))
 
     def _foreground(self, index: int, image: np.ndarray) -> np.ndarray | None:
         if index not in self._foregrounds:
@@ -268,22 +281,30 @@ class GLASSFeatures(TrainingFeatures):
     def _compute_pool(self) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.detector.config
         count, cells, dim = self.cache.shape
-        features = torch.empty((cfg.las_pool, count, cells, dim), dtype=torch.float16)
-        masks = torch.empty((cfg.las_pool, count, cells), dtype=torch.uint8)
+        shape = (cfg.las_pool, count, cells, dim)
+        # on a GPU the pool stays there when it fits in half the free memory: gathering a
+        # batch on the CPU and copying it over cost more than the training step itself
+        device = torch.device("cpu")
+        if self.cache.is_cuda:
+            free, _ = torch.cuda.mem_get_info(self.cache.device)
+            if 2 * math.prod(shape) <= free // 2:  # float16: 2 bytes per value
+                device = self.cache.device
+        features = torch.empty(shape, dtype=torch.float16, device=device)
+        masks = torch.empty((cfg.las_pool, count, cells), dtype=torch.uint8, device=device)
         jobs = [(v, i) for v in range(cfg.las_pool) for i in range(count)]
         size = cfg.batch_size
         for start in track(
             range(0, len(jobs), size), "synthesising LAS views", total=-(-len(jobs) // size)
         ):
             chunk = jobs[start : start + size]
-            views = [self.synthesis.view(i, (1, v)) for v, i in chunk]
+            views = self.synthesis.views([(i, (1, v)) for v, i in chunk])
             with self.detector.autocast():
                 embedded = self.detector._embed_cells(
                     torch.stack([v.augmented for v in views]).to(self.detector._device)
                 )
             for (v, i), view, row in zip(chunk, views, embedded, strict=True):
-                features[v, i] = row.to(torch.float16).cpu()
-                masks[v, i] = view.cells.to(torch.uint8)
+                features[v, i] = row.to(device, torch.float16)
+                masks[v, i] = view.cells.to(device, torch.uint8)
         return features, masks
 
     def clean_batches(self, description: str) -> Iterator[torch.Tensor]:
@@ -309,11 +330,11 @@ class GLASSFeatures(TrainingFeatures):
                 if self.cache is None:
                     clean = detector._embed_cells(self._images(index))
             elif self.pool is not None:
-                pick = variants[index]
-                augmented = self.pool[0][pick, index].to(detector._device).float()
-                cells = self.pool[1][pick, index].to(detector._device).float()
+                pick, rows = (x.to(self.pool[0].device) for x in (variants[index], index))
+                augmented = self.pool[0][pick, rows].to(detector._device).float()
+                cells = self.pool[1][pick, rows].to(detector._device).float()
             else:
-                views = [self.synthesis.view(int(i), (0, self.epoch)) for i in index]
+                views = self.synthesis.views([(int(i), (0, self.epoch)) for i in index])
                 images = torch.stack([v.clean for v in views] + [v.augmented for v in views])
                 embedded = detector._embed_cells(images.to(detector._device))
                 clean, augmented = embedded.split(len(views))

@@ -31,7 +31,9 @@ from anomap.methods.base import DetectorConfig, PatchFeatureDetector, _check
 from anomap.progress import track
 
 _CHUNK_ELEMENTS = 1 << 23  # ≈ 32 MB of float32 distances per search chunk
-_BLOCK_ELEMENTS = 1 << 19  # ≈ 2 MB of ranking terms per block of the bank search
+_BLOCK_ELEMENTS = 1 << 19  # ≈ 2 MB of ranking terms per block of the bank search (CPU cache)
+# on a GPU a block is bounded by memory, not cache: small blocks there are launch-bound
+_DEVICE_BLOCK_ELEMENTS = 1 << 28  # 1 GiB of float32 terms
 
 
 @dataclass
@@ -208,8 +210,9 @@ class PatchCore(PatchFeatureDetector):
         if torch.onnx.is_in_onnx_export():  # one block: a traced loop would freeze the batch
             return self._index.distances(ranking(layers).amin(dim=1), queries)
         batch, cells, bank = len(layers[0]), len(queries) // len(layers[0]), len(self.memory_bank)
-        images = max(1, _BLOCK_ELEMENTS // (cells * bank))  # several only for small banks
-        columns = max(1, _BLOCK_ELEMENTS // (cells * images))
+        block = _BLOCK_ELEMENTS if queries.device.type == "cpu" else _DEVICE_BLOCK_ELEMENTS
+        images = max(1, block // (cells * bank))  # several only for small banks (CPU)
+        columns = max(1, block // (cells * images))
         distances = []
         for start in range(0, batch, images):
             chunk = [x[start : start + images] for x in layers]
