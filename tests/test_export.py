@@ -219,3 +219,29 @@ def test_speed_benchmark_onnx_columns(tmp_path, onnx):
     assert result["json"]["command"].endswith("--onnx")
     assert "| ORT backbone img/s | ORT method img/s | ORT ratio | ORT ÷ torch |" in markdown
     assert f"| {row['onnx_img_s']:.1f} | {row['onnx_ratio']:.2f} |" in markdown
+
+
+def test_speed_benchmark_reduced_precision_rows(tmp_path):
+    """Each precision gets its own row; reduced precision records how far it moves the outputs
+    from float32's, and an unknown precision is refused before anything is fitted."""
+    from anomap.benchmark import run_speed_benchmark
+
+    with pytest.raises(ValueError, match="unknown precision"):
+        run_speed_benchmark(tmp_path, methods=["pbas"], precisions=("fp8",), device="cpu")
+    result = run_speed_benchmark(
+        tmp_path,
+        methods=["pbas"],
+        batch_sizes=(2,),
+        size=64,
+        device="cpu",
+        precisions=("fp32", "bf16"),
+        n_train=4,
+        min_seconds=0.01,
+    )
+    full, reduced = result["json"]["rows"]
+    assert (full["precision"], reduced["precision"]) == ("fp32", "bf16")
+    assert "map_error" not in full
+    # bfloat16 keeps about 3 significant digits: the outputs move, but by well under 10 %
+    assert 0 < reduced["map_error"] < 0.1 and 0 <= reduced["score_error"] < 0.1
+    assert "| batch | method | precision |" in result["markdown"]
+    assert "--precisions fp32,bf16" in result["json"]["command"]

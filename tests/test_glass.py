@@ -226,6 +226,11 @@ def test_las_views_and_sample_limit(category):
     assert torch.equal(view.augmented, again.augmented)  # reproducible from (seed, key, index)
     assert view.cells.shape == (64,) and view.cells.sum() > 0
     assert not torch.equal(view.augmented, view.clean)
+    # the thread pool makes the same views, in the order asked
+    requests = [(i, (1, v)) for v in range(2) for i in range(3)]
+    for made, request in zip(features.synthesis.views(requests), requests, strict=True):
+        alone = features.synthesis.view(*request)
+        assert torch.equal(made.augmented, alone.augmented) and torch.equal(made.cells, alone.cells)
     batches = list(features.batches("epoch"))
     assert len(batches) == 2  # 4 images, then 8 > 5: the epoch stops
     clean, augmented, cells = batches[0]
