@@ -79,6 +79,7 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
     lines = [
         f"# {payload['benchmark']}\n",
         f"Command: `{payload['command']}`\n",
+        *([f"Note: {payload['note']}.\n"] if "note" in payload else []),
         f"Machine: {machine.get('gpu', machine['device'])}, torch {machine['torch']}, "
         f"{machine['cpu_count']} CPUs.\n",
         "| run | category | precision | epochs | I-AUROC | P-AUROC | AUPRO | oracle I-AUROC "

@@ -18,9 +18,11 @@ Every table below is copied from a file in `benchmarks/results/`, written by the
 with it; `python benchmarks/make_page.py` rebuilds this page from those files.
 
 Machine for all CPU numbers: the project's 2-core x86-64 development machine (no GPU), as
-recorded in each JSON file. No GPU was lent to the sessions that made these files, so the
-trained methods ran far shorter schedules than the papers (epochs are in every table); their
-numbers are what a CPU user gets in minutes, not the methods' ceilings.
+recorded in each JSON file. The accuracy tables were all made on it, so the trained methods
+ran far shorter schedules than the papers (epochs are in every table); their numbers are what
+a CPU user gets in minutes, not the methods' ceilings. One session had 15 minutes on an H200
+GPU: the GPU speed tables and the GLASS GPU table come from it (`benchmarks/gpu_checks.sh`),
+and GLASS's 640-epoch run did not fit in it (see that table's note).
 
 ## Deviations from the papers' protocols
 
@@ -298,6 +300,41 @@ def speed_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+def gpu_speed_table() -> str:
+    """Each method's ratio to its bare backbone on the GPU per batch size and precision, from
+    speed_cuda.json, with rows of speed_cuda_patchcore.json (a later run of PatchCore alone)
+    replacing that method's older rows (the README's GPU speed block)."""
+    payload = _load("speed_cuda.json")
+    if payload is None:
+        return "(no speed_cuda.json yet: run `anomap bench --device cuda` on a GPU)\n"
+    later = _load("speed_cuda_patchcore.json")
+    replaced = {r["variant"] for r in later["rows"]} if later else set()
+    rows = [r for r in payload["rows"] if r["variant"] not in replaced]
+    rows += later["rows"] if later else []
+    order = ("fp32", "bf16", "fp16")
+    keys = sorted(
+        {(r["batch"], r.get("precision", "fp32")) for r in rows},
+        key=lambda k: (k[0], order.index(k[1])),
+    )
+    by_key = {(r["variant"], r["batch"], r.get("precision", "fp32")): r for r in rows}
+    head = ["method"] + [f"batch {b}, {p}: img/s (÷ backbone)" for b, p in keys]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * len(keys)]
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        cells = [variant + (" (later run)" if variant in replaced else "")]
+        for batch, precision in keys:
+            row = by_key.get((variant, batch, precision))
+            cells.append(f"{row['method_img_s']:.0f} ({row['ratio']:.2f}×)" if row else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"{payload['machine'].get('gpu', 'GPU')}, torch {payload['machine']['torch']}. "
+        f"Command: `{payload['command']}`"
+        + (f"; later run: `{later['command']}`" if later else "")
+        + ". bf16: the backbone and the whole predict path under torch.autocast.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def _section(title: str, name: str) -> str | None:
     path = RESULTS / name
     if not path.is_file():
@@ -317,6 +354,8 @@ def main() -> None:
         parts.append(f"## Summary: {label}\n\n{summary_table(dataset)}")
     sections = [("Speed against the bare backbone (CPU)", "speed_cpu.md")]
     sections.append(("Speed against the bare backbone (GPU)", "speed_cuda.md"))
+    sections.append(("PatchCore on the GPU after the block change", "speed_cuda_patchcore.md"))
+    sections.append(("GLASS on the GPU: one real category", "glass_gpu.md"))
     sections.append(("anomap against anomalib", "compare_anomalib.md"))
     sections.append(("GLASS presets over seeds: fast against paper", "glass_presets.md"))
     sections.append(("PatchCore fit time and memory against training-set size", "scaling.md"))
@@ -347,6 +386,7 @@ def update_readme() -> None:
         "synth": lambda: summary_table("synth"),
         "shared": lambda: summary_table("shared"),
         "speed": speed_table,
+        "speed_gpu": gpu_speed_table,
     }
     for name, make in blocks.items():
         start = f"<!-- results:{name} -->"
