@@ -59,7 +59,9 @@ def _synchronised(fn: Callable[[], Any], device: torch.device) -> Callable[[], A
     return run
 
 
-def _autocast(fn: Callable[[], Any], device: torch.device, dtype: torch.dtype | None):
+def _autocast(
+    fn: Callable[[], Any], device: torch.device, dtype: torch.dtype | None
+) -> Callable[[], Any]:
     """`fn` under autocast to `dtype` (matrix products and convolutions in that type,
     reductions and normalisations in float32, as torch's autocast lists decide); None: as is."""
     if dtype is None:
