@@ -139,6 +139,29 @@ def test_folded_inference_head_equals_the_modules(dims):
     torch.testing.assert_close(scores, rows.reshape(2, -1).max(dim=1).values)
 
 
+def test_folded_head_follows_training_and_loading(train_samples):
+    """The fold is cached, so it must never outlive the weights it was made from: scoring
+    between epochs (as the oracle does), under autocast, and after a load all give what a
+    fresh detector with the same weights gives."""
+    images = torch.randn(2, 3, 64, 64)
+    detector = PBAS(**TINY, epochs=2)
+    early = []
+    detector.epoch_end_callbacks.append(lambda d, *_: early.append(d._score(images)[0]))
+    detector.fit(train_samples[:4])
+    fresh = PBAS(**TINY, epochs=2)
+    fresh.load_state_tensors(detector.state_tensors())
+    torch.testing.assert_close(early[-1], fresh._score(images)[0])
+    assert not torch.equal(early[0], early[1])  # the second epoch's weights were used
+    detector.load_state_tensors(detector.state_tensors())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        detector._score(images)  # the first fold after the load: it must stay float32
+    torch.testing.assert_close(detector._score(images)[0], fresh._score(images)[0])
+    detector.load_state_tensors(
+        {k: v + 0.01 if k.startswith("adaptor.") else v for k, v in fresh.state_tensors().items()}
+    )
+    assert not torch.equal(detector._score(images)[0], fresh._score(images)[0])
+
+
 def test_bce_helper_matches_torch_and_is_float32_under_autocast():
     probabilities = torch.tensor([0.1, 0.7, 0.99])
     expected = torch.nn.functional.binary_cross_entropy(probabilities, torch.ones(3))
