@@ -120,8 +120,9 @@ ANOMALIB_NOTES = """### Where anomalib wins, why, and what would close the gap
   GPU.
 - **PatchCore at batch 32 on ball_screw (1 % coreset).** Re-run alone on an otherwise idle
   machine with today's code: the metrics are those of the earlier run (I-AUROC 94.9 / 94.0,
-  P-AUROC and AUPRO identical across the tools), anomap fits 5.4× faster (235 against 1279 s) and predicts
-  1.45× faster at batch 1 (12.3 against 8.5 img/s), but anomalib is 4 % faster at batch 32
+  P-AUROC and AUPRO identical across the tools), anomap fits 5.4× faster (235 against
+  1279 s) and predicts 1.45× faster at batch 1 (12.3 against 8.5 img/s), but anomalib is
+  4 % faster at batch 32
   (5.5 against 5.3 img/s). At 256×624 both tools run slower per image at batch 32 than at
   batch 1 on this CPU: the shared Lite0 backbone's activations for 32 such frames far exceed
   the caches, and the backbone dominates both paths (anomap's own exact search ranks 2496
