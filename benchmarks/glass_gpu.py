@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from accuracy_methods import GEOMETRY, ROOT, SHARED, evaluate_groups
+from accuracy_methods import COLUMNS, GEOMETRY, ROOT, SHARED, evaluate_groups
 
 from anomap.benchmark import machine_info
 from anomap.methods.base import resolve_device
@@ -32,7 +32,6 @@ RUNS: dict[str, dict[str, Any]] = {
     "fast": {"preset": "fast"},
     "fast-fp32": {"preset": "fast", "mixed_precision": "off"},
 }
-KEPT = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "threshold_f1")
 TIMES = ("fit_seconds", "seconds_per_epoch", "loop_seconds_per_epoch", "setup_seconds")
 
 
@@ -65,7 +64,7 @@ def run(name: str, epochs: int, data: Path, every: int, device: str) -> dict[str
         "settings": settings,
         "categories": {
             category: {
-                **{k: row[k] for k in (*KEPT, *TIMES, "test_img_s", "train_images") if k in row},
+                **{k: row[k] for k in (*COLUMNS, *TIMES, "test_img_s", "train_images") if k in row},
                 "precision": row["training_info"].get("precision", "float32"),
                 "oracle": row.get("oracle"),
             }

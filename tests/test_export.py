@@ -185,22 +185,23 @@ def test_bench_onnx_runners_compute_what_they_time(fitted, tmp_path):
     assert_close(onnx_maps, maps.numpy())
 
 
+# the speed benchmark at its smallest: one method, tiny images, a token fit and timing
+TINY_BENCHMARK = {
+    "methods": ["pbas"],
+    "size": 64,
+    "device": "cpu",
+    "n_train": 4,
+    "min_seconds": 0.01,
+}
+
+
 @pytest.mark.parametrize("onnx", [False, True])
 def test_speed_benchmark_onnx_columns(tmp_path, onnx):
     """`onnx=True` adds the onnxruntime fields and columns; without it the output is as
     before."""
     from anomap.benchmark import run_speed_benchmark
 
-    result = run_speed_benchmark(
-        tmp_path,
-        methods=["pbas"],
-        batch_sizes=(1,),
-        size=64,
-        device="cpu",
-        n_train=4,
-        min_seconds=0.01,
-        onnx=onnx,
-    )
+    result = run_speed_benchmark(tmp_path, batch_sizes=(1,), onnx=onnx, **TINY_BENCHMARK)
     (row,) = result["json"]["rows"]
     markdown = result["markdown"]
     assert json.loads((tmp_path / "speed_cpu.json").read_text()) == result["json"]
@@ -229,14 +230,7 @@ def test_speed_benchmark_reduced_precision_rows(tmp_path):
     with pytest.raises(ValueError, match="unknown precision"):
         run_speed_benchmark(tmp_path, methods=["pbas"], precisions=("fp8",), device="cpu")
     result = run_speed_benchmark(
-        tmp_path,
-        methods=["pbas"],
-        batch_sizes=(2,),
-        size=64,
-        device="cpu",
-        precisions=("fp32", "bf16"),
-        n_train=4,
-        min_seconds=0.01,
+        tmp_path, batch_sizes=(2,), precisions=("fp32", "bf16"), **TINY_BENCHMARK
     )
     full, reduced = result["json"]["rows"]
     assert (full["precision"], reduced["precision"]) == ("fp32", "bf16")

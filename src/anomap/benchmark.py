@@ -192,6 +192,7 @@ def run_speed_benchmark(
     from anomap.methods.base import resolve_device
 
     torch_device = resolve_device(device)
+    mixed = tuple(precisions) != ("fp32",)  # the tables get precision and error columns
     unknown = sorted(set(precisions) - set(PRECISIONS))
     if unknown:
         raise ValueError(f"unknown precision {unknown}: choose from {sorted(PRECISIONS)}")
@@ -283,7 +284,7 @@ def run_speed_benchmark(
         "benchmark": "inference speed: each method's predict path vs its bare backbone, same run",
         "command": f"anomap bench --batch-sizes {','.join(map(str, batch_sizes))} "
         f"--size {size} --device {device}"
-        + (f" --precisions {','.join(precisions)}" if tuple(precisions) != ("fp32",) else "")
+        + (f" --precisions {','.join(precisions)}" if mixed else "")
         + (" --onnx" if onnx else ""),
         "backbone": name,
         "input": [3, size, size],
@@ -292,7 +293,6 @@ def run_speed_benchmark(
         "peak_memory_mb": _peak_memory_mb(torch_device),
         "machine": machine_info(torch_device),
     }
-    mixed = tuple(precisions) != ("fp32",)
     columns = ["batch", "method", "backbone img/s", "method img/s", "ratio", "GFLOP/img", "bound"]
     if mixed:
         columns[2:2] = ["precision"]
