@@ -188,6 +188,7 @@ def run_speed_benchmark(
     exported model and exported backbone on onnxruntime, timed on the same batches (CPU only:
     `OnnxDetector` uses onnxruntime's CPU provider). Writes speed_<device>.json/.md."""
     from anomap.data.synth import generate
+    from anomap.errors import ConfigError
     from anomap.methods import get_method
     from anomap.methods.base import resolve_device
 
@@ -195,7 +196,7 @@ def run_speed_benchmark(
     mixed = tuple(precisions) != ("fp32",)  # the tables get precision and error columns
     unknown = sorted(set(precisions) - set(PRECISIONS))
     if unknown:
-        raise ValueError(f"unknown precision {unknown}: choose from {sorted(PRECISIONS)}")
+        raise ConfigError(f"unknown precision {unknown}: choose from {sorted(PRECISIONS)}")
     resize = size + size // 7  # the paper's 256 -> 224 ratio
     variants = [v for v in SPEED_VARIANTS if methods is None or v[1] in methods]
     measure_onnx = onnx and torch_device.type == "cpu"
