@@ -1,6 +1,7 @@
-"""GLASS on one real category on a GPU: the paper's full schedule for the `fast` preset, and
-short runs of `paper` and of `fast` without mixed precision to compare epoch times on the same
-card (issue #4: "run one real category there for the full 640 epochs").
+"""GLASS on one real category for the paper's full schedule (the `fast` preset), with short runs
+of `paper` and of `fast` without mixed precision to compare epoch times on the same machine
+(issue #4: "run one real category there for the full 640 epochs"). Made for a GPU; on a CPU
+(`--device cpu`) it writes glass_cpu.json/.md instead, so the two never overwrite each other.
 
 Runs one after another, in the order given, so each has the card to itself; the results file
 is rewritten after every run, so a run cut short loses only itself. Rows report the last
@@ -80,7 +81,7 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
         f"Command: `{payload['command']}`\n",
         *([f"Note: {payload['note']}.\n"] if "note" in payload else []),
         f"Machine: {machine.get('gpu', machine['device'])}, torch {machine['torch']}, "
-        f"{machine['cpu_count']} CPUs.\n",
+        f"{machine['cpu_count']} CPUs, {machine['torch_threads']} torch threads.\n",
         "| run | category | precision | epochs | I-AUROC | P-AUROC | AUPRO | oracle I-AUROC "
         "(epoch) | oracle P-AUROC | oracle AUPRO | s/epoch | steady s/epoch | set-up s "
         "| total s | test img/s |",
@@ -122,7 +123,7 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
         "of the last epoch (deployable); oracle columns: the epoch with the best I-AUROC + "
         "P-AUROC on the test set, scored every `--eval-every` epochs, as the papers select. "
         "Steady s/epoch: between the first and last epoch ends, without set-up (feature and "
-        "view caches) or oracle scoring. Runs ran one after another on the same card.",
+        "view caches) or oracle scoring. Runs ran one after another on the same machine.",
     ]
     write_text_atomic("\n".join(lines) + "\n", path)
 
@@ -141,10 +142,13 @@ def main() -> None:
     unknown = sorted({name for name, _ in plan} - set(RUNS))
     if unknown:
         parser.error(f"unknown runs {unknown}; choose from {sorted(RUNS)}")
+    device = resolve_device(args.device)
+    where = "a GPU" if device.type == "cuda" else "the CPU"
+    stem = "glass_gpu" if device.type == "cuda" else "glass_cpu"
     payload: dict[str, Any] = {
-        "benchmark": "GLASS on a GPU: fast for the full schedule, paper and fast-fp32 timed",
+        "benchmark": f"GLASS on {where}: fast for the full schedule, paper and fast-fp32 timed",
         "command": "python benchmarks/glass_gpu.py " + " ".join(sys.argv[1:]),
-        "machine": machine_info(resolve_device(args.device)),
+        "machine": machine_info(device),
         "runs": [],
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -155,8 +159,8 @@ def main() -> None:
             traceback.print_exc()
             payload.setdefault("failed", []).append(f"{name}:{epochs}")
             continue
-        write_text_atomic(json.dumps(payload, indent=2, default=float), args.out / "glass_gpu.json")
-        write_markdown(payload, args.out / "glass_gpu.md")
+        write_text_atomic(json.dumps(payload, indent=2, default=float), args.out / f"{stem}.json")
+        write_markdown(payload, args.out / f"{stem}.md")
 
 
 if __name__ == "__main__":

@@ -209,9 +209,12 @@ def test_speed_benchmark_onnx_columns(tmp_path, onnx):
     # the head, upsampling and blur add arithmetic to the backbone's, never remove it
     assert 0 < row["backbone_gflop"] < row["method_gflop"]
     assert row["flop_bound"] == pytest.approx(row["backbone_gflop"] / row["method_gflop"])
+    low, high = row["ratio_quartiles"]  # the median ratio lies between its quartiles
+    assert 0 < low <= row["ratio"] <= high
+    assert f"| {row['ratio']:.2f} | {low:.2f}–{high:.2f} |" in markdown
     if not onnx:
         assert not [key for key in (*row, *result["json"]) if "onnx" in key]
-        assert "| method img/s | ratio | GFLOP/img | bound |\n" in markdown
+        assert "| method img/s | ratio | ratio IQR | GFLOP/img | bound |\n" in markdown
         assert "ORT" not in markdown and "--onnx" not in markdown
         return
     for key in ("onnx_img_s", "onnx_backbone_img_s", "onnx_ratio", "onnx_vs_torch"):

@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -80,27 +80,44 @@ def _relative_error(candidate: torch.Tensor, reference: torch.Tensor) -> float:
     return float((candidate.double() - reference).norm() / reference.norm().clamp_min(1e-30))
 
 
+class Timing(NamedTuple):
+    """Medians of the alternating rounds, and the quartiles of the per-round ratios: how far
+    the ratio scattered within one run."""
+
+    reference: float
+    candidate: float
+    ratio: float
+    ratio_quartiles: tuple[float, float]
+
+
 def _compare(
-    reference: Callable[[], Any], candidate: Callable[[], Any], batch: int, min_seconds: float
-) -> tuple[float, float, float]:
-    """(reference img/s, candidate img/s, candidate ÷ reference), each the median over
-    `ROUNDS` alternating rounds of `min_seconds` / `ROUNDS` each. A shared machine's speed
-    drifts by tens of percent within seconds; the ratio of two timings taken side by side
-    drifts much less, so the ratio is the median of the per-round ratios."""
+    reference: Callable[[], Any],
+    candidate: Callable[[], Any],
+    batch: int,
+    min_seconds: float,
+    rounds: int = ROUNDS,
+) -> Timing:
+    """Reference and candidate img/s, each the median over `rounds` alternating rounds of
+    `min_seconds` / `rounds` each (at least one call). A shared machine's speed drifts by
+    tens of percent within seconds; the ratio of two timings taken side by side drifts much
+    less, so the ratio is the median of the per-round ratios."""
     for fn in (reference, candidate, reference, candidate):
         fn()  # warm up both
-    seconds = min_seconds / ROUNDS
+    seconds = min_seconds / rounds
     pairs = [
         (
             _throughput(reference, batch, seconds),
             _throughput(candidate, batch, seconds),
         )
-        for _ in range(ROUNDS)
+        for _ in range(rounds)
     ]
-    return (
+    ratios = [c / r for r, c in pairs]
+    low, _, high = statistics.quantiles(ratios, n=4) if rounds > 1 else ratios * 3
+    return Timing(
         statistics.median(r for r, _ in pairs),
         statistics.median(c for _, c in pairs),
-        statistics.median(c / r for r, c in pairs),
+        statistics.median(ratios),
+        (low, high),
     )
 
 
@@ -177,12 +194,14 @@ def run_speed_benchmark(
     precisions: Sequence[str] = ("fp32",),
     n_train: int = 100,
     min_seconds: float = 3.0,
+    rounds: int = ROUNDS,
     onnx: bool = False,
 ) -> dict[str, Any]:
     """Fit every variant of `SPEED_VARIANTS` (or those of `methods`) on a generated category of
     `n_train` good images, then time `predict_tensor` (the whole inference path: features,
     the method's head, upsampling, blur) and that detector's bare backbone on the same
-    preprocessed batches, interleaved so both see the same machine state. Each of
+    preprocessed batches, interleaved so both see the same machine state: `rounds`
+    alternating rounds sharing `min_seconds` per comparison. Each of
     `precisions` (`PRECISIONS`) other than fp32 times both under autocast and records how far
     the maps and scores move from fp32's on the timed batch. `onnx` adds the
     exported model and exported backbone on onnxruntime, timed on the same batches (CPU only:
@@ -244,15 +263,16 @@ def run_speed_benchmark(
                     _synchronised(_autocast(fn, torch_device, dtype), torch_device)
                     for fn in (bare, predict)
                 )
-                base, method, ratio = _compare(timed_bare, timed_predict, batch, min_seconds)
+                timing = _compare(timed_bare, timed_predict, batch, min_seconds, rounds)
                 row = {
                     "batch": batch,
                     "variant": label,
                     "precision": precision,
                     "layers": list(backbone.layers),
-                    "backbone_img_s": base,
-                    "method_img_s": method,
-                    "ratio": ratio,
+                    "backbone_img_s": timing.reference,
+                    "method_img_s": timing.candidate,
+                    "ratio": timing.ratio,
+                    "ratio_quartiles": list(timing.ratio_quartiles),
                     "backbone_gflop": backbone_gflop,
                     "method_gflop": method_gflop,
                     "flop_bound": backbone_gflop / method_gflop,
@@ -264,20 +284,21 @@ def run_speed_benchmark(
                 if label in runners and dtype is None:
                     run_model, run_backbone = runners[label]
                     array = images.numpy()
-                    onnx_base, onnx_method, onnx_ratio = _compare(
+                    ort = _compare(
                         lambda f=run_backbone, x=array: f(x),
                         lambda f=run_model, x=array: f(x),
                         batch,
                         min_seconds,
+                        rounds,
                     )
-                    _, _, onnx_vs_torch = _compare(
-                        predict, lambda f=run_model, x=array: f(x), batch, min_seconds
+                    versus_torch = _compare(
+                        predict, lambda f=run_model, x=array: f(x), batch, min_seconds, rounds
                     )
                     row.update(
-                        onnx_backbone_img_s=onnx_base,
-                        onnx_img_s=onnx_method,
-                        onnx_ratio=onnx_ratio,
-                        onnx_vs_torch=onnx_vs_torch,
+                        onnx_backbone_img_s=ort.reference,
+                        onnx_img_s=ort.candidate,
+                        onnx_ratio=ort.ratio,
+                        onnx_vs_torch=versus_torch.ratio,
                     )
                 rows.append(row)
     name = next(iter(detectors.values())).backbone.spec.name
@@ -285,6 +306,7 @@ def run_speed_benchmark(
         "benchmark": "inference speed: each method's predict path vs its bare backbone, same run",
         "command": f"anomap bench --batch-sizes {','.join(map(str, batch_sizes))} "
         f"--size {size} --device {device}"
+        + (f" --rounds {rounds}" if rounds != ROUNDS else "")
         + (f" --precisions {','.join(precisions)}" if mixed else "")
         + (" --onnx" if onnx else ""),
         "backbone": name,
@@ -294,7 +316,8 @@ def run_speed_benchmark(
         "peak_memory_mb": _peak_memory_mb(torch_device),
         "machine": machine_info(torch_device),
     }
-    columns = ["batch", "method", "backbone img/s", "method img/s", "ratio", "GFLOP/img", "bound"]
+    columns = ["batch", "method", "backbone img/s", "method img/s", "ratio", "ratio IQR"]
+    columns += ["GFLOP/img", "bound"]
     if mixed:
         columns[2:2] = ["precision"]
         columns += ["map error", "score error"]
@@ -334,7 +357,9 @@ def run_speed_benchmark(
         precision = f" {r['precision']} |" if mixed else ""
         text = (
             f"| {r['batch']} | {r['variant']} |{precision} {r['backbone_img_s']:.1f} "
-            f"| {r['method_img_s']:.1f} | {r['ratio']:.2f} | {r['method_gflop']:.2f} "
+            f"| {r['method_img_s']:.1f} | {r['ratio']:.2f} "
+            f"| {r['ratio_quartiles'][0]:.2f}–{r['ratio_quartiles'][1]:.2f} "
+            f"| {r['method_gflop']:.2f} "
             f"| {r['flop_bound']:.2f} |"
         )
         if mixed:
@@ -353,8 +378,9 @@ def run_speed_benchmark(
     lines = [
         f"Inference ({name}, {size}², fitted on {n_train} images) on {torch_device.type}; "
         "the backbone column is each method's own feature extractor alone. Each img/s is "
-        f"the median of {ROUNDS} rounds alternating with its reference, each ratio the "
-        "median of the per-round ratios (a shared machine drifts; side-by-side ratios less).",
+        f"the median of {rounds} rounds alternating with its reference, each ratio the "
+        "median of the per-round ratios (a shared machine drifts; side-by-side ratios less), "
+        "ratio IQR their quartiles: the scatter within this run.",
         "",
         f"| {' | '.join(columns)} |",
         "|---:|---|" + ("---|" if mixed else "") + "---:|" * (len(columns) - 2 - mixed),

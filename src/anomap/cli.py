@@ -542,6 +542,9 @@ def bench(
         help="Comma-separated inference precisions: fp32, bf16, fp16 (autocast; bf16/fp16 "
         "mainly for GPUs).",
     ),
+    rounds: int = typer.Option(
+        5, min=1, help="Alternating timing rounds per comparison (more: a steadier median)."
+    ),
     onnx: bool = typer.Option(
         False,
         "--onnx",
@@ -564,6 +567,7 @@ def bench(
         size=size,
         device=device,
         precisions=[p for p in precisions.split(",") if p],
+        rounds=rounds,
         onnx=onnx,
     )
     _print(result["json"], as_json, None if quiet else result["markdown"])
