@@ -33,6 +33,10 @@ RUNS: dict[str, dict[str, Any]] = {
     "fast": {"preset": "fast"},
     "fast-fp32": {"preset": "fast", "mixed_precision": "off"},
 }
+GEOMETRY_TEXT = {
+    "shared": "whole frame resized to 256×624, no crop",
+    "synth": "resize 256, centre crop 224",
+}
 TIMES = ("fit_seconds", "seconds_per_epoch", "loop_seconds_per_epoch", "setup_seconds")
 
 
@@ -54,11 +58,13 @@ def _progress(name: str, every: int):
     return report
 
 
-def run(name: str, epochs: int, data: Path, every: int, device: str) -> dict[str, Any]:
-    settings = dict(GEOMETRY["shared"], **RUNS[name], epochs=epochs, seed=0, device=device)
+def run(
+    name: str, epochs: int, data: Path, every: int, device: str, geometry: str
+) -> dict[str, Any]:
+    settings = dict(GEOMETRY[geometry], **RUNS[name], epochs=epochs, seed=0, device=device)
     every = min(every, epochs)
     rows = evaluate_groups(
-        "shared", data, "glass", settings, False, every, callbacks=(_progress(name, every),)
+        geometry, data, "glass", settings, False, every, callbacks=(_progress(name, every),)
     )
     return {
         "run": name,
@@ -76,6 +82,7 @@ def run(name: str, epochs: int, data: Path, every: int, device: str) -> dict[str
 
 def write_markdown(payload: dict[str, Any], path: Path) -> None:
     machine = payload["machine"]
+    geometry = payload.get("geometry", "shared")  # files before the option: ball_screw
     lines = [
         f"# {payload['benchmark']}\n",
         f"Command: `{payload['command']}`\n",
@@ -119,7 +126,8 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
         )
     lines += [
         "",
-        "Geometry as the CPU accuracy tables: whole frame resized to 256×624, no crop. Metrics "
+        f"Geometry as the CPU accuracy tables' {geometry} rows ({GEOMETRY_TEXT[geometry]}). "
+        "Metrics "
         "of the last epoch (deployable); oracle columns: the epoch with the best I-AUROC + "
         "P-AUROC on the test set, scored every `--eval-every` epochs, as the papers select. "
         "Steady s/epoch: between the first and last epoch ends, without set-up (feature and "
@@ -136,6 +144,12 @@ def main() -> None:
     )
     parser.add_argument("--eval-every", type=int, default=20, help="oracle scoring interval")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument(
+        "--geometry",
+        choices=sorted(GEOMETRY_TEXT),
+        default="shared",
+        help="input geometry of the accuracy tables' rows of that dataset",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     plan = [(name, int(epochs)) for name, _, epochs in (r.partition(":") for r in args.runs)]
@@ -149,12 +163,15 @@ def main() -> None:
         "benchmark": f"GLASS on {where}: fast for the full schedule, paper and fast-fp32 timed",
         "command": "python benchmarks/glass_gpu.py " + " ".join(sys.argv[1:]),
         "machine": machine_info(device),
+        "geometry": args.geometry,
         "runs": [],
     }
     args.out.mkdir(parents=True, exist_ok=True)
     for name, epochs in plan:
         try:
-            payload["runs"].append(run(name, epochs, args.data, args.eval_every, args.device))
+            payload["runs"].append(
+                run(name, epochs, args.data, args.eval_every, args.device, args.geometry)
+            )
         except Exception:  # one broken run must not cost the others their time on the card
             traceback.print_exc()
             payload.setdefault("failed", []).append(f"{name}:{epochs}")
