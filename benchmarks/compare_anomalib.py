@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from anomap import allocator
 from anomap.data.transforms import Preprocess
 from anomap.methods.base import Detector
 
@@ -424,22 +423,25 @@ def worker(job_file: Path, result_file: Path) -> None:
 # ---------------------------------------------------------------------------- orchestration
 
 
-def worker_env(mmap_threshold: int, trim_threshold: int = 0) -> dict[str, str]:
-    """The workers' environment: both tools run with the same glibc malloc thresholds
-    (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_; 0 keeps glibc's default for either).
-    The defaults are the setting anomap applies to itself (`anomap.allocator`, which defers
-    to the environment), so anomalib gets it too. With glibc's own sliding threshold,
-    anomalib's coreset loop (a fresh N×d temporary per step next to small tensors that stay
-    alive) fragments the heap until RSS reaches ~16 GB for 20 images; with a low fixed
-    threshold (4 MiB, this benchmark's setting until 2026-11-30) every large temporary is
-    fresh zero-filled pages, which made anomalib's coreset about 10× and both tools' batch-32
-    inference 2–4× slower. tqdm (anomalib's coreset bar) reports every 5 s instead of 10
-    times a second."""
+def worker_env(job: dict[str, Any]) -> dict[str, str]:
+    """A worker's environment, its glibc malloc thresholds (MALLOC_MMAP_THRESHOLD_,
+    MALLOC_TRIM_THRESHOLD_; 0 keeps glibc's default for either). anomap's workers get none,
+    so anomap applies its own setting as for any user (`anomap.allocator`: both thresholds
+    1 GiB, so freed activations are reused), unless `anomap_allocator` is "same", which gives
+    them anomalib's. anomalib's workers get the job's thresholds, by default a fixed 4 MiB mmap
+    threshold: with glibc's sliding threshold its coreset loop (a fresh N×d temporary per step
+    next to small tensors that stay alive) fragments the heap to ~16 GB for 20 images, and
+    with anomap's 1 GiB setting it ran out of memory (24 GiB) on two of the four synth
+    categories. tqdm (anomalib's coreset bar) reports every 5 s instead of 10 times a
+    second."""
     env = dict(os.environ)
-    if mmap_threshold > 0:
-        env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
-    if trim_threshold > 0:
-        env["MALLOC_TRIM_THRESHOLD_"] = str(trim_threshold)
+    if job["side"] == "anomalib" or job.get("anomap_allocator") == "same":
+        for name, value in (
+            ("MALLOC_MMAP_THRESHOLD_", job["mmap_threshold"]),
+            ("MALLOC_TRIM_THRESHOLD_", job.get("trim_threshold", 0)),
+        ):
+            if value > 0:
+                env[name] = str(value)
     env.setdefault("TQDM_MININTERVAL", "5")
     return env
 
@@ -450,7 +452,7 @@ def spawn(job: dict[str, Any]) -> dict[str, Any]:
         job_file, result_file = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job_file.write_text(json.dumps(job))
         command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(job_file)]
-        env = worker_env(job["mmap_threshold"], job.get("trim_threshold", 0))
+        env = worker_env(job)
         done = subprocess.run([*command, str(result_file)], check=False, env=env)
         if done.returncode != 0 or not result_file.is_file():
             return {"error": f"worker exited with status {done.returncode} (see its output)"}
@@ -499,6 +501,7 @@ def base_job(args: argparse.Namespace) -> dict[str, Any]:
         "speed_seconds": args.speed_seconds,
         "mmap_threshold": args.mmap_threshold,
         "trim_threshold": args.trim_threshold,
+        "anomap_allocator": args.anomap_allocator,
     }
 
 
@@ -597,15 +600,14 @@ PROTOCOL = [
     "method and category) at the end (fit, scoring, timing); 'RSS after import' is that "
     "process after importing its tool and decoding the test set, so the difference is what "
     "fitting and scoring added.",
-    "Both tools' workers run with the same glibc malloc thresholds: by default the setting "
-    "anomap applies to itself (`anomap.allocator`: mmap and trim thresholds of 1 GiB, so "
-    "freed activations are reused instead of returned to the kernel). Until 2026-11-30 this "
-    "benchmark fixed the mmap threshold at 4 MiB for both, which also turned anomap's own "
-    "setting off: every large temporary was then fresh zero-filled pages, which made "
-    "anomalib's coreset about 10× and both tools' batch-32 inference 2–4× slower. With "
-    "glibc's default sliding threshold anomalib's coreset selection fragments the heap "
-    "(about 16 GB RSS for 20 training images at 224²). Rows keep the setting of the run that "
-    "made them (the runs' settings in the JSON).",
+    "Allocator: anomap runs as shipped: it sets glibc's mmap and trim thresholds to 1 GiB "
+    "itself (`anomap.allocator`), so freed activations are reused instead of faulted in "
+    "again. anomalib's workers get a fixed 4 MiB mmap threshold (--mmap-threshold): with "
+    "glibc's default sliding threshold its coreset selection fragments the heap (about 16 GB "
+    "RSS for 20 training images at 224²), and with anomap's 1 GiB setting it ran out of "
+    "memory (24 GiB) on washer and woven_fabric (`anomalib_same_allocator/`). Runs before "
+    "2026-11-30 gave anomap anomalib's 4 MiB threshold too (--anomap-allocator same), which "
+    "turned its own setting off; each run's settings are in the JSON.",
 ]
 
 
@@ -672,16 +674,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--mmap-threshold",
         type=int,
-        default=allocator.THRESHOLD,
-        help="MALLOC_MMAP_THRESHOLD_ for both tools' workers in bytes (default: anomap's own "
-        "setting); 0: glibc's default",
+        default=4 << 20,
+        help="MALLOC_MMAP_THRESHOLD_ for anomalib's workers in bytes; 0: glibc's default",
     )
     parser.add_argument(
         "--trim-threshold",
         type=int,
-        default=allocator.THRESHOLD,
-        help="MALLOC_TRIM_THRESHOLD_ for both tools' workers in bytes (default: anomap's own "
-        "setting); 0: glibc's default",
+        default=0,
+        help="MALLOC_TRIM_THRESHOLD_ for anomalib's workers in bytes; 0: glibc's default",
+    )
+    parser.add_argument(
+        "--anomap-allocator",
+        choices=["own", "same"],
+        default="own",
+        help="anomap's workers: its own malloc setting (as shipped), or anomalib's thresholds "
+        "(the protocol before 2026-11-30)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
