@@ -431,9 +431,8 @@ def worker_env(job: dict[str, Any]) -> dict[str, str]:
     them anomalib's. anomalib's workers get the job's thresholds, by default a fixed 4 MiB mmap
     threshold: with glibc's sliding threshold its coreset loop (a fresh N×d temporary per step
     next to small tensors that stay alive) fragments the heap to ~16 GB for 20 images, and
-    with anomap's 1 GiB setting it ran out of memory (24 GiB) on two of the four synth
-    categories. tqdm (anomalib's coreset bar) reports every 5 s instead of 10 times a
-    second."""
+    with anomap's 1 GiB setting most of its synth workers ran out of memory (24 GiB). tqdm
+    (anomalib's coreset bar) reports every 5 s instead of 10 times a second."""
     env = dict(os.environ)
     if job["side"] == "anomalib" or job.get("anomap_allocator") == "same":
         for name, value in (
@@ -591,9 +590,7 @@ PROTOCOL = [
     "every layer to one size, so anomap runs with layer_dim = target_dim = --glass-dim here, "
     "not its default (40 + 112 channels kept unpooled). anomap runs the preset its command "
     "names (--glass-preset; default paper, anomalib's procedure: a fresh LAS view every step, "
-    "20 ascent gradients on every row). The ball_screw GLASS row is older and ran anomap's "
-    "'fast' preset as it then was: cached features, a pool of 4 LAS views per image, and the "
-    "ascent on a random quarter of each batch's rows.",
+    "20 ascent gradients on every row).",
     "train s: wall time of fitting, including decoding and preprocessing the training images "
     "on both sides. img/s: the predict path on preprocessed tensors already in memory, after "
     "warm-up, at batch 1 and 32. Peak RSS: ru_maxrss of the worker process (one per tool, "
@@ -602,12 +599,13 @@ PROTOCOL = [
     "fitting and scoring added.",
     "Allocator: anomap runs as shipped: it sets glibc's mmap and trim thresholds to 1 GiB "
     "itself (`anomap.allocator`), so freed activations are reused instead of faulted in "
-    "again. anomalib's workers get a fixed 4 MiB mmap threshold (--mmap-threshold): with "
-    "glibc's default sliding threshold its coreset selection fragments the heap (about 16 GB "
-    "RSS for 20 training images at 224²), and with anomap's 1 GiB setting it ran out of "
-    "memory (24 GiB) on washer and woven_fabric (`anomalib_same_allocator/`). Runs before "
-    "2026-11-30 gave anomap anomalib's 4 MiB threshold too (--anomap-allocator same), which "
-    "turned its own setting off; each run's settings are in the JSON.",
+    "again. anomalib's workers get a fixed 4 MiB mmap threshold unless a run's command says "
+    "otherwise (--mmap-threshold, --trim-threshold): with glibc's default sliding threshold "
+    "its coreset selection fragments the heap (about 16 GB RSS for 20 training images at "
+    "224²), and with anomap's 1 GiB setting most of its synth workers ran out of memory "
+    "(24 GiB; `anomalib_same_allocator/`). Runs before 2026-11-30 gave anomap anomalib's "
+    "4 MiB threshold too (--anomap-allocator same), which turned its own setting off; each "
+    "run's settings are in the JSON.",
 ]
 
 

@@ -88,7 +88,21 @@ generator returns the whole frame when it finds no separable object), as its `tr
 records ("foreground masks: generated").
 """
 
-ANOMALIB_NOTES = """### Where anomalib wins, why, and what would close the gap
+ANOMALIB_NOTES = """### Allocator: what changed on 2026-11-30
+
+Until 2026-11-30 this comparison fixed glibc's mmap threshold at 4 MiB for both tools' workers.
+That also switched off anomap's own setting (`anomap.allocator`, which keeps freed blocks up to
+1 GiB for reuse and defers to any `MALLOC_*` variable), so every large temporary on both sides
+was fresh zero-filled pages from the kernel. anomap now runs as shipped; anomalib keeps the
+4 MiB threshold, because with anomap's setting 3 of its 4 synth workers ran out of memory
+(24 GiB) in the run recorded in `anomalib_same_allocator/compare_anomalib.md` (2 of 4, other
+categories, in an earlier attempt), and with glibc's sliding default its coreset fragments the
+heap to about 16 GB. The one anomalib worker that ran with anomap's setting (woven_fabric)
+fitted in 6.9 s instead of 45.0 s and predicted 37.6 instead of 14.5 img/s at batch 32: the
+4 MiB threshold slows anomalib too, but it is the setting it completes with. PatchCore's
+metrics are unchanged by the allocator, bit for bit.
+
+### Where anomalib wins, why, and what would close the gap
 
 - **PatchCore, woven_fabric I-AUROC.** Both tools see bit-identical patch features; they differ
   in the coreset (anomalib: a sparse random projection to ~240 dimensions; anomap: a dense
@@ -97,45 +111,51 @@ ANOMALIB_NOTES = """### Where anomalib wins, why, and what would close the gap
   a 32-image texture test set one or two images swap ranks. To close it: run anomap's coreset
   on the full 152-d features (`projection_dim` ≥ 152) and on more test images to see whether
   the gap is the projection or noise. PatchCore accuracy is otherwise within noise on every
-  category, and anomap fits 5–7× faster (synth, 2 threads).
-- **GLASS on pill (synth), and brushed_metal's pixel metrics; ball_screw's pixel metrics.**
-  The synth rows now run anomap's `paper` preset, the procedure anomalib implements (a fresh
-  texture view every step, 20 ascent gradients on every row), both at 5 epochs with one
-  thread. Means over the 4 categories, anomap / anomalib: I-AUROC 80.0 / 83.1, P-AUROC 86.4 /
-  84.0, AUPRO 73.5 / 77.1. anomap leads on woven_fabric and on washer's P-AUROC (88.6 / 75.8);
-  anomalib on pill (62.1 / 75.0 I-AUROC), on washer's I-AUROC and AUPRO, and on
-  brushed_metal's pixel metrics (94.9 / 96.1 P-AUROC). Training takes about the same time
-  (178–204 s against 192–213 s) and anomap predicts 1.3–1.9× faster at batch 32. The remaining
+  category; anomap fits 6.7–8.5× faster and predicts 2.1–3.0× faster at batch 1 and
+  3.1–4.7× at batch 32 (synth, 2 threads).
+- **GLASS on pill, washer's image metrics and brushed_metal's pixel metrics (synth).** The
+  synth rows run anomap's `paper` preset, the procedure anomalib implements (a fresh texture
+  view every step, 20 ascent gradients on every row), both at 5 epochs with one thread. Means
+  over the 4 categories, anomap / anomalib: I-AUROC 80.0 / 83.1, P-AUROC 86.4 / 84.0, AUPRO
+  73.5 / 77.1. anomap leads on woven_fabric and on washer's P-AUROC (88.6 / 75.8); anomalib
+  on pill (62.1 / 75.0 I-AUROC), on washer's I-AUROC and AUPRO, and on brushed_metal's pixel
+  metrics (94.9 / 96.1 P-AUROC). anomap trains 2.3–2.7× faster (73–80 s against 187–201 s)
+  and predicts 2.1–2.2× faster at batch 1 and 3.5–5.3× at batch 32. The remaining
   differences in the synthesis: anomalib without DTD blends Perlin-noise textures and places
   anomalies anywhere, anomap blends its procedural textures and restricts them to a generated
   foreground mask on objects (pill, washer); and both draw their own random masks and noise.
   Five epochs is a smoke test for both tools: anomap's own `paper` runs on pill range from
-  70.0 to 90.8 I-AUROC over five seeds at 10 epochs (`glass_presets`). The ball_screw row is
-  older (2 epochs, `fast` as it then was, GAS on a quarter of the rows, and a generated mask
-  that missed the thread; 88.8 / 94.3 P-AUROC, 71.9 / 81.1 AUPRO). With no mask, anomap's
-  GLASS reaches 91.3 P-AUROC / 69.5 AUPRO at 10 epochs with today's `fast` and 93.2 / 74.0
-  with `paper` (`accuracy_glass_fast`, `accuracy_glass_paper`); GLASS's automatic choice now
-  uses no mask for such close-ups (`fills_frame`). To close it: several seeds on both sides,
-  the same texture source (DTD on both when it is on disk), and the papers' 640 epochs on a
-  GPU.
-- **PatchCore at batch 32 on ball_screw (1 % coreset).** Re-run alone on an otherwise idle
-  machine with today's code: the metrics are those of the earlier run (I-AUROC 94.9 / 94.0,
-  P-AUROC and AUPRO identical across the tools), anomap fits 5.4× faster (235 against
-  1279 s) and predicts 1.45× faster at batch 1 (12.3 against 8.5 img/s), but anomalib is
-  4 % faster at batch 32
-  (5.5 against 5.3 img/s). At 256×624 both tools run slower per image at batch 32 than at
-  batch 1 on this CPU: the shared Lite0 backbone's activations for 32 such frames far exceed
-  the caches, and the backbone dominates both paths (anomap's own exact search ranks 2496
-  cells against the 4,991-row bank from the per-layer maps). To close it: pass large frames
-  in smaller batches (batch 1 is 2.3× faster per image here), which anomap could choose
-  itself from the frame size; the 4 % is within this machine's run-to-run noise.
-- **No 10 % coreset row on ball_screw.** anomalib's greedy coreset selection took 44 min for
-  the 1 % bank (4,991 picks at about 2.3 picks/s, one thread); each pick scans all 499k
-  training patches, so the 10 % bank (49,910 picks) would take about 6 hours here. anomap
+  70.0 to 90.8 I-AUROC over five seeds at 10 epochs (`glass_presets`). On ball_screw (the
+  same `paper` procedure, 2 epochs each, re-run on 2026-11-30 with today's code, which uses
+  no foreground mask for such close-ups) anomap leads on every metric: I-AUROC 91.4 / 87.8,
+  P-AUROC 98.1 / 94.3, AUPRO 88.4 / 81.1, trained 3.0× faster. To close the synth gaps:
+  several seeds on both sides, the same texture source (DTD on both when it is on disk), and
+  the papers' 640 epochs on a GPU.
+- **Peak memory (PatchCore on ball_screw and 3 of 4 synth categories; GLASS on ball_screw
+  and 2 synth categories).** anomap's peak RSS is 4122 MB against anomalib's 3554 for
+  PatchCore on ball_screw (1 % coreset), 5427 against 3336 MB for GLASS there, and up to
+  96 MB (PatchCore) or 308 MB (GLASS) above anomalib's on synth. For PatchCore, fitting is
+  not the cause: anomap's peak while fitting is 2477 MB against 3554 (ball_screw) and
+  996–1018 against 1160–1454 MB (synth). GLASS on ball_screw is different: anomap holds about
+  1 GB more while training (4062 against 3090 MB), not yet profiled beyond the same heap
+  policy. The peak comes with batch-32
+  inference: anomap keeps freed blocks in its heap for reuse, which is why it predicts 2.3×
+  faster at batch 32 here, so one backbone stage's freed activations stay resident while
+  the next stage allocates blocks of other sizes. With the old 4 MiB threshold each block went
+  back to the kernel when freed: anomap's peak was 3072 MB and its batch-32 speed 5.3 img/s
+  instead of 11.5. Handing the heap's free pages back once fitting ends (glibc's
+  `malloc_trim`) was tried: it lowered the memory held after fitting but hardly the
+  batch-32 peak, so it was not adopted. To close it: score large frames in smaller batches
+  (the peak grows with the batch; anomap's default inference batch is 8), or set
+  `ANOMAP_MALLOC_TUNING=0`, which trades that speed for the lower peak.
+- **No 10 % coreset row on ball_screw.** anomalib's greedy coreset selection took 18 min for
+  the 1 % bank (4,991 picks at about 4.6 picks/s, two threads; 44 min with one thread in an
+  earlier run); each pick scans all 499k training patches, so the 10 % bank (49,910 picks)
+  would take about 3 hours here. anomap
   fits the 10 % model in 858 s, selection included (`accuracy_patchcore.json`, shared).
   To close it: run the comparison on a GPU, where both selections are fast.
-- **GLASS training time.** anomap is faster in every row (feature caching and the reused
-  first Linear in the gradient ascent).
+- **GLASS training time.** anomap is faster in every row, 2.3–3.0× (feature caching, the
+  reused first Linear in the gradient ascent, and its allocator setting).
 """
 
 METHOD_ORDER = ("patchcore", "pbas", "glass", "uniad")
