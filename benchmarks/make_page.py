@@ -297,12 +297,14 @@ def speed_table() -> str:
     onnx = all("onnx_img_s" in r for r in rows)
     if onnx:
         head += [f"ONNX Runtime, batch {b}" for b in batches]
+    spreads = all("ratio_quartiles" in r for r in rows)  # files before `--rounds` lack them
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for variant in variants:
         cells = [variant]
         for b in batches:
             row = by_key[(variant, b)]
-            cells.append(f"{row['method_img_s']:.1f} ({row['ratio']:.2f}×)")
+            spread = "; {:.2f}–{:.2f}".format(*row["ratio_quartiles"]) if spreads else ""
+            cells.append(f"{row['method_img_s']:.1f} ({row['ratio']:.2f}×{spread})")
         cells.append(f"{by_key[(variant, batches[-1])]['flop_bound']:.2f}×")
         if onnx:
             cells += [f"{by_key[(variant, b)]['onnx_img_s']:.1f}" for b in batches]
@@ -314,7 +316,13 @@ def speed_table() -> str:
         f"in the same run. Command: `{payload['command']}`; "
         f"{payload['machine']['torch_threads']} torch threads. Arithmetic bound: the "
         "backbone's floating-point operations ÷ the method's whole predict path's (matrix "
-        "products, convolutions, attention), the ratio reached if time followed arithmetic.",
+        "products, convolutions, attention), the ratio reached if time followed arithmetic."
+        + (
+            " After each ratio: the interquartile range of its per-round ratios, the scatter "
+            "within this run."
+            if spreads
+            else ""
+        ),
     ]
     return "\n".join(lines) + "\n"
 
