@@ -434,10 +434,10 @@ def worker_env(job: dict[str, Any]) -> dict[str, str]:
     with anomap's 1 GiB setting most of its synth workers ran out of memory (24 GiB). tqdm
     (anomalib's coreset bar) reports every 5 s instead of 10 times a second."""
     env = dict(os.environ)
-    if job["side"] == "anomalib" or job.get("anomap_allocator") == "same":
+    if job["side"] == "anomalib" or job["anomap_allocator"] == "same":
         for name, value in (
             ("MALLOC_MMAP_THRESHOLD_", job["mmap_threshold"]),
-            ("MALLOC_TRIM_THRESHOLD_", job.get("trim_threshold", 0)),
+            ("MALLOC_TRIM_THRESHOLD_", job["trim_threshold"]),
         ):
             if value > 0:
                 env[name] = str(value)

@@ -33,10 +33,6 @@ RUNS: dict[str, dict[str, Any]] = {
     "fast": {"preset": "fast"},
     "fast-fp32": {"preset": "fast", "mixed_precision": "off"},
 }
-GEOMETRY_TEXT = {
-    "shared": "whole frame resized to 256×624, no crop",
-    "synth": "resize 256, centre crop 224",
-}
 TIMES = ("fit_seconds", "seconds_per_epoch", "loop_seconds_per_epoch", "setup_seconds")
 
 
@@ -78,6 +74,16 @@ def run(
             for category, row in rows.items()
         },
     }
+
+
+def _geometry_text(settings: dict[str, Any]) -> str:
+    """`GEOMETRY`'s resize/crop settings in words, e.g. 'resize 256, centre crop 224'."""
+    resize, crop = settings["resize"], settings["crop"]
+    if isinstance(resize, tuple):
+        size = f"whole frame resized to {resize[0]}×{resize[1]}"
+    else:
+        size = f"resize {resize}"
+    return f"{size}, centre crop {crop}" if crop else f"{size}, no crop"
 
 
 def write_markdown(payload: dict[str, Any], path: Path) -> None:
@@ -126,10 +132,10 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
         )
     lines += [
         "",
-        f"Geometry as the CPU accuracy tables' {geometry} rows ({GEOMETRY_TEXT[geometry]}). "
-        "Metrics "
-        "of the last epoch (deployable); oracle columns: the epoch with the best I-AUROC + "
-        "P-AUROC on the test set, scored every `--eval-every` epochs, as the papers select. "
+        f"Geometry as the CPU accuracy tables' {geometry} rows "
+        f"({_geometry_text(GEOMETRY[geometry])}). Metrics of the last epoch (deployable); "
+        "oracle columns: the epoch with the best I-AUROC + P-AUROC on the test set, scored "
+        "every `--eval-every` epochs, as the papers select. "
         "Steady s/epoch: between the first and last epoch ends, without set-up (feature and "
         "view caches) or oracle scoring. Runs ran one after another on the same machine.",
     ]
@@ -146,7 +152,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument(
         "--geometry",
-        choices=sorted(GEOMETRY_TEXT),
+        choices=sorted(GEOMETRY),
         default="shared",
         help="input geometry of the accuracy tables' rows of that dataset",
     )
