@@ -11,7 +11,7 @@ Each (tool, method, category) runs in its own worker process, so its peak RSS is
 Run from the anomalib venv (it has anomap installed too): `make bench-anomalib`, or
 `.venv-anomalib/bin/python benchmarks/compare_anomalib.py [--methods patchcore glass]
 [--categories pill] [--datasets synth shared] [--glass-epochs 5] [--out DIR]`.
-Writes DIR/compare_anomalib.json and .md.
+Writes DIR/compare_anomalib.json and .md. `compare_seeds.py` repeats it over several seeds.
 """
 
 from __future__ import annotations
