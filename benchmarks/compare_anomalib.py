@@ -55,6 +55,7 @@ COSTS = (
     ("fit_seconds", "train s", "{:.1f}"),
     ("img_s_batch1", "img/s b1", "{:.1f}"),
     ("img_s_batch32", "img/s b32", "{:.1f}"),
+    ("fit_peak_rss_mb", "peak RSS after fit MB", "{:.0f}"),
     ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
     ("import_rss_mb", "RSS after import MB", "{:.0f}"),
 )
@@ -501,6 +502,7 @@ def base_job(args: argparse.Namespace) -> dict[str, Any]:
         "mmap_threshold": args.mmap_threshold,
         "trim_threshold": args.trim_threshold,
         "anomap_allocator": args.anomap_allocator,
+        "sides": args.sides,
     }
 
 
@@ -508,9 +510,12 @@ def compare_category(job: dict[str, Any], skip: dict[str, str]) -> dict[str, Any
     """Both tools on one category and method; anomalib GLASS gets anomap's hypothesis."""
     if job["method"] in skip:
         return {"skipped": skip[job["method"]]}
-    rows = {"anomap": spawn({**job, "side": "anomap"})}
-    job = {**job, "hypothesis": rows["anomap"].get("info", {}).get("hypothesis")}
-    rows["anomalib"] = spawn({**job, "side": "anomalib"})
+    rows = {}
+    if "anomap" in job["sides"]:
+        rows["anomap"] = spawn({**job, "side": "anomap"})
+        job = {**job, "hypothesis": rows["anomap"].get("info", {}).get("hypothesis")}
+    if "anomalib" in job["sides"]:
+        rows["anomalib"] = spawn({**job, "side": "anomalib"})
     return rows
 
 
@@ -594,7 +599,8 @@ PROTOCOL = [
     "train s: wall time of fitting, including decoding and preprocessing the training images "
     "on both sides. img/s: the predict path on preprocessed tensors already in memory, after "
     "warm-up, at batch 1 and 32. Peak RSS: ru_maxrss of the worker process (one per tool, "
-    "method and category) at the end (fit, scoring, timing); 'RSS after import' is that "
+    "method and category) at the end (fit, scoring, timing), and once fitting ended ('after "
+    "fit'); 'RSS after import' is that "
     "process after importing its tool and decoding the test set, so the difference is what "
     "fitting and scoring added.",
     "Allocator: anomap runs as shipped: it sets glibc's mmap and trim thresholds to 1 GiB "
@@ -687,6 +693,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="own",
         help="anomap's workers: its own malloc setting (as shipped), or anomalib's thresholds "
         "(the protocol before 2026-11-30)",
+    )
+    parser.add_argument(
+        "--sides",
+        nargs="+",
+        choices=SIDES,
+        default=list(SIDES),
+        help="tools to run (one side alone: e.g. anomap under another allocator setting)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

@@ -121,41 +121,50 @@ metrics are unchanged by the allocator, bit for bit.
   anomap's coreset on the full 152-d features (`projection_dim=152`). anomap fits 6.7–8.5×
   faster and predicts 2.1–3.0× faster at batch 1 and 3.1–4.7× at batch 32 (synth, 2
   threads).
-- **GLASS on pill, washer's image metrics and brushed_metal's pixel metrics (synth).** The
-  synth rows run anomap's `paper` preset, the procedure anomalib implements (a fresh texture
-  view every step, 20 ascent gradients on every row), both at 5 epochs with one thread. Means
-  over the 4 categories, anomap / anomalib: I-AUROC 80.0 / 83.1, P-AUROC 86.4 / 84.0, AUPRO
-  73.5 / 77.1. anomap leads on woven_fabric and on washer's P-AUROC (88.6 / 75.8); anomalib
-  on pill (62.1 / 75.0 I-AUROC), on washer's I-AUROC and AUPRO, and on brushed_metal's pixel
-  metrics (94.9 / 96.1 P-AUROC). anomap trains 2.3–2.7× faster (73–80 s against 187–201 s)
-  and predicts 2.1–2.2× faster at batch 1 and 3.5–5.3× at batch 32. The remaining
-  differences in the synthesis: anomalib without DTD blends Perlin-noise textures and places
-  anomalies anywhere, anomap blends its procedural textures and restricts them to a generated
-  foreground mask on objects (pill, washer); and both draw their own random masks and noise.
-  Five epochs is a smoke test for both tools: anomap's own `paper` runs on pill range from
-  70.0 to 90.8 I-AUROC over five seeds at 10 epochs (`glass_presets`). On ball_screw (the
-  same `paper` procedure, 2 epochs each, re-run on 2026-11-30 with today's code, which uses
-  no foreground mask for such close-ups) anomap leads on every metric: I-AUROC 91.4 / 87.8,
-  P-AUROC 98.1 / 94.3, AUPRO 88.4 / 81.1, trained 3.0× faster. To close the synth gaps:
-  several seeds on both sides, the same texture source (DTD on both when it is on disk), and
-  the papers' 640 epochs on a GPU.
+- **GLASS on pill and woven_fabric (synth).** The synth rows run anomap's `paper` preset, both
+  tools at 5 epochs with one thread. On the default set (32 test images, one seed) the means,
+  anomap / anomalib, are I-AUROC 80.0 / 83.1, P-AUROC 86.4 / 84.0, AUPRO 73.5 / 77.1. Over 4
+  seeds on 160 test images per category (`compare_seeds_glass`) they are I-AUROC 77.1 / 78.2,
+  P-AUROC 84.6 / 80.6, AUPRO 69.1 / 69.0, and the seeds separate the categories: anomap leads
+  on brushed_metal (I-AUROC +5.1 ± 5.4, P-AUROC +10.6 ± 5.8) and on washer's pixel metrics
+  (P-AUROC +4.9 ± 6.6); anomalib on pill (I-AUROC −3.5 ± 2.7) and woven_fabric (−7.3 ± 4.7),
+  ahead on all 4 seeds in both. The single-seed table's anomap lead on woven_fabric and
+  13-point anomalib lead on pill were each one draw. Why they differ: both train GLASS's
+  adaptor, discriminator and gradient ascent with the same settings, but the clearest
+  difference is their local synthesis (LAS). anomalib uses DRAEM's anomaly generator (3 of its
+  own 10 augmentations, β uniform in [0.2, 1], a grey Perlin-noise texture when DTD is absent,
+  union-or-single masks, anywhere in the frame); anomap the reference code's (3 of 9
+  torchvision operations, β ~ N(0.5, 0.1) in [0.2, 0.8], union, intersection or single masks)
+  with its procedural colour textures, restricted to a generated foreground mask on objects
+  (pill, washer). At 5 epochs, how much each tool's synthetic anomalies resemble a category's
+  test defects decides such gaps, and the seed spread (sd up to 5.6 I-AUROC points) is as
+  large as they are. anomap trains 2.3–2.7× faster (73–80 s against 187–201 s on the default
+  set) and predicts 2.1–2.2× faster at batch 1 and 3.5–5.3× at batch 32. On ball_screw (the
+  same `paper` procedure, 2 epochs each, no foreground mask) anomap leads on every metric:
+  I-AUROC 91.4 / 87.8, P-AUROC 98.1 / 94.3, AUPRO 88.4 / 81.1, trained 3.0× faster. To close
+  the synth gaps: DTD textures on both sides where they are on disk (anomap's LAS is then the
+  reference's), and the papers' 640 epochs on a GPU.
 - **Peak memory (PatchCore on ball_screw and 3 of 4 synth categories; GLASS on ball_screw
   and 2 synth categories).** anomap's peak RSS is 4122 MB against anomalib's 3554 for
   PatchCore on ball_screw (1 % coreset), 5427 against 3336 MB for GLASS there, and up to
-  96 MB (PatchCore) or 308 MB (GLASS) above anomalib's on synth. For PatchCore, fitting is
-  not the cause: anomap's peak while fitting is 2477 MB against 3554 (ball_screw) and
-  996–1018 against 1160–1454 MB (synth). GLASS on ball_screw is different: anomap holds about
-  1 GB more while training (4062 against 3090 MB), not yet profiled beyond the same heap
-  policy. The peak comes with batch-32
-  inference: anomap keeps freed blocks in its heap for reuse, which is why it predicts 2.3×
-  faster at batch 32 here, so one backbone stage's freed activations stay resident while
-  the next stage allocates blocks of other sizes. With the old 4 MiB threshold each block went
-  back to the kernel when freed: anomap's peak was 3072 MB and its batch-32 speed 5.3 img/s
-  instead of 11.5. Handing the heap's free pages back once fitting ends (glibc's
-  `malloc_trim`) was tried: it lowered the memory held after fitting but hardly the
-  batch-32 peak, so it was not adopted. To close it: score large frames in smaller batches
-  (the peak grows with the batch; anomap's default inference batch is 8), or set
-  `ANOMAP_MALLOC_TUNING=0`, which trades that speed for the lower peak.
+  96 MB (PatchCore) or 308 MB (GLASS) above anomalib's on synth. The cause is anomap's heap
+  policy (`anomap.allocator`): it keeps freed blocks up to 1 GiB in glibc's heap for reuse,
+  so one backbone stage's freed activations stay resident while the next allocates blocks of
+  other sizes, where anomalib's workers (4 MiB mmap threshold) hand every large block back
+  to the kernel when it is freed. `anomap_allocator/` measures it on ball_screw with one
+  GLASS epoch, anomap alone, the same code under both settings: as shipped, training takes
+  151 s with a peak of 3685 MB once fitting ends and 4945 MB after batch-32 inference
+  (11.3 img/s); under anomalib's 4 MiB threshold it takes 348 s, peaks at 2526 and 3333 MB
+  (anomalib: 3090 and 3336 MB over its 2 epochs) and runs 7.8 img/s at batch 32, with
+  identical metrics. PatchCore shows the same trade: its peak while fitting is already below
+  anomalib's (2477 against 3554 MB on ball_screw; 996–1018 against 1160–1454 MB on synth),
+  and the rest comes with batch-32 inference, where the 4 MiB threshold gave 3072 MB and
+  5.3 img/s instead of 11.5. Handing the heap's free pages back once fitting ends (glibc's
+  `malloc_trim`) was tried: it lowered the memory held after fitting but hardly the batch-32
+  peak, so it was not adopted. To close it: `MALLOC_MMAP_THRESHOLD_=4194304` in anomap's
+  environment (anomap then leaves glibc's settings to it) gives the lower profile measured
+  above at the cost of that speed, and scoring large frames in smaller batches lowers the
+  peak with the setting kept (anomap's default inference batch is 8).
 - **No 10 % coreset row on ball_screw.** anomalib's greedy coreset selection took 18 min for
   the 1 % bank (4,991 picks at about 4.6 picks/s, two threads; 44 min with one thread in an
   earlier run); each pick scans all 499k training patches, so the 10 % bank (49,910 picks)
