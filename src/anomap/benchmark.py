@@ -184,6 +184,35 @@ SPEED_VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 )
 
 
+def fit_speed_variants(
+    methods: Sequence[str] | None,
+    size: int,
+    device: torch.device,
+    n_train: int,
+    folder: Path,
+) -> dict[str, Any]:
+    """Each variant of `SPEED_VARIANTS` (or those of `methods`), fitted on a generated texture
+    category of `n_train` good images written under `folder`, by label."""
+    from anomap.data.synth import generate
+    from anomap.methods import get_method
+
+    resize = size + size // 7  # the paper's 256 -> 224 ratio
+    category = generate(
+        folder, ["woven_fabric"], image_size=resize, n_train=n_train, n_test_good=1, n_test_defect=1
+    )[0]
+    detectors = {}
+    for label, method, settings in SPEED_VARIANTS:
+        if methods is not None and method not in methods:
+            continue
+        geometry: dict[str, Any] = {"resize": resize, "crop": size}
+        if method == "uniad":  # UniAD resizes straight to a square, no crop (§4.2)
+            geometry = {"resize": (size, size), "crop": None}
+        detectors[label] = get_method(method)(device=str(device), **geometry, **settings).fit(
+            category
+        )
+    return detectors
+
+
 def run_speed_benchmark(
     out: Path,
     *,
@@ -206,9 +235,7 @@ def run_speed_benchmark(
     the maps and scores move from fp32's on the timed batch. `onnx` adds the
     exported model and exported backbone on onnxruntime, timed on the same batches (CPU only:
     `OnnxDetector` uses onnxruntime's CPU provider). Writes speed_<device>.json/.md."""
-    from anomap.data.synth import generate
     from anomap.errors import ConfigError
-    from anomap.methods import get_method
     from anomap.methods.base import resolve_device
 
     torch_device = resolve_device(device)
@@ -216,31 +243,15 @@ def run_speed_benchmark(
     unknown = sorted(set(precisions) - set(PRECISIONS))
     if unknown:
         raise ConfigError(f"unknown precision {unknown}: choose from {sorted(PRECISIONS)}")
-    resize = size + size // 7  # the paper's 256 -> 224 ratio
-    variants = [v for v in SPEED_VARIANTS if methods is None or v[1] in methods]
     measure_onnx = onnx and torch_device.type == "cpu"
     threads = torch.get_num_threads()
-    detectors = {}
     runners = {}
     with tempfile.TemporaryDirectory() as tmp:
-        folder = generate(
-            tmp,
-            ["woven_fabric"],
-            image_size=resize,
-            n_train=n_train,
-            n_test_good=1,
-            n_test_defect=1,
-        )[0]
-        for index, (label, method, settings) in enumerate(variants):
-            geometry = {"resize": resize, "crop": size}
-            if method == "uniad":  # UniAD resizes straight to a square, no crop (§4.2)
-                geometry = {"resize": (size, size), "crop": None}
-            detectors[label] = get_method(method)(
-                device=str(torch_device), **geometry, **settings
-            ).fit(folder)
-            if measure_onnx:
-                path = Path(tmp) / f"{index}_{method}.onnx"
-                runners[label] = _onnx_runners(detectors[label], path, threads)
+        detectors = fit_speed_variants(methods, size, torch_device, n_train, Path(tmp))
+        if measure_onnx:
+            for index, (label, detector) in enumerate(detectors.items()):
+                path = Path(tmp) / f"{index}_{detector.method}.onnx"
+                runners[label] = _onnx_runners(detector, path, threads)
     rows = []
     for batch in batch_sizes:
         images = torch.randn(batch, 3, size, size, device=torch_device)
