@@ -70,7 +70,8 @@ def summarise(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
                     slot = summary.setdefault(dataset, {}).setdefault(category, {})
                     slot = slot.setdefault(method, {"seeds": [], "pairs": {}})
                     values = {side: rows.get(side, {}) for side in SIDES}
-                    if any("error" in v or "skipped" in rows for v in values.values()):
+                    # a skipped method, a failed worker or a side not run (--sides)
+                    if "skipped" in rows or any("error" in v or not v for v in values.values()):
                         continue
                     slot["seeds"].append(seed)
                     for key, _ in ACCURACY:
