@@ -380,12 +380,14 @@ def gpu_speed_table() -> str:
 
 
 ANOMALIB_METRICS = ("image_auroc", "pixel_auroc", "aupro")
+SIDES = ("anomap", "anomalib")  # compare_anomalib's order; importing it would pull in torch
 SEED_RUNS = {"patchcore": "compare_seeds_patchcore", "glass": "compare_seeds_glass"}
+DATA_LABELS = {"synth": "synth, 4 categories", "shared": "ball_screw"}
 
 
 def _sides(rows: list[dict[str, Any]], key: str) -> tuple[float, float]:
     """Mean of `key` over rows, each side."""
-    return tuple(float(np.mean([r[side][key] for r in rows])) for side in ("anomap", "anomalib"))
+    return tuple(float(np.mean([r[side][key] for r in rows])) for side in SIDES)
 
 
 def _times(rows: list[dict[str, Any]], key: str, *, faster: str) -> str:
@@ -401,12 +403,39 @@ def _times(rows: list[dict[str, Any]], key: str, *, faster: str) -> str:
     return f"{low:.1f}×" if f"{low:.1f}" == f"{high:.1f}" else f"{low:.1f}–{high:.1f}×"
 
 
-def _variant(payload: dict[str, Any], dataset: str, method: str) -> str:
-    """The settings a comparison row ran with, from its run's recorded arguments."""
+def _scored_rows(payload: dict[str, Any], dataset: str, method: str) -> list[dict[str, Any]]:
+    """A comparison's rows of one method and dataset where both tools produced metrics."""
+    categories = payload["results"].get(dataset, {})
+    rows = [m[method] for m in categories.values() if method in m]
+    return [r for r in rows if all("image_auroc" in r.get(side, {}) for side in SIDES)]
+
+
+def _label(payload: dict[str, Any], dataset: str, method: str, extra: str = "") -> str:
+    """What a comparison row ran on and with: data, test images, and the recorded settings."""
+    tests = sorted({r["anomap"]["test_images"] for r in _scored_rows(payload, dataset, method)})
+    test = f"{tests[0]}" if len(tests) == 1 else f"{tests[0]}–{tests[-1]}"
     settings = payload["runs"][dataset][method]["settings"]
     if method == "patchcore":
-        return f"coreset {100 * settings['coreset']:g} %"
-    return f"{settings['glass_preset']}, {settings['glass_epochs']} epochs"
+        variant = f"coreset {100 * settings['coreset']:g} %"
+    else:
+        variant = f"{settings['glass_preset']}, {settings['glass_epochs']} epochs"
+    return f"{DATA_LABELS.get(dataset, dataset)}, {test} test images{extra} ({variant})"
+
+
+def _seed_row(method: str, dataset: str) -> str | None:
+    """The seed run's means of one method and dataset (compare_seeds.json), if there is one."""
+    seeds = _load(f"{SEED_RUNS[method]}/compare_seeds.json")
+    per_category = (seeds or {}).get("summary", {}).get(dataset, {})
+    slots = [m[method] for m in per_category.values() if method in m]
+    if not slots:
+        return None
+    first = _load(f"{SEED_RUNS[method]}/seed_{slots[0]['seeds'][0]}/compare_anomalib.json")
+    cells = [
+        " / ".join(f"{100 * np.mean([s[k][side]['mean'] for s in slots]):.1f}" for side in SIDES)
+        for k in ANOMALIB_METRICS
+    ]
+    label = _label(first, dataset, method, f", mean of {len(slots[0]['seeds'])} seeds")
+    return f"| {method} | {label} | " + " | ".join(cells) + " | – | – | – | – |"
 
 
 def anomalib_table() -> str:
@@ -418,19 +447,11 @@ def anomalib_table() -> str:
     head = "| method | data | I-AUROC | P-AUROC | AUPRO | fit | img/s, batch 1 | batch 32 "
     head += "| peak RSS MB |"
     lines = [head, "|---|---|---|---|---|---:|---:|---:|---|"]
-    labels = {"synth": "synth, 4 categories", "shared": "ball_screw"}
     for method in ("patchcore", "glass"):
-        for dataset, categories in payload["results"].items():
-            rows = [m[method] for m in categories.values() if method in m]
-            rows = [
-                r
-                for r in rows
-                if all("image_auroc" in r.get(s, {}) for s in ("anomap", "anomalib"))
-            ]
+        for dataset in payload["results"]:
+            rows = _scored_rows(payload, dataset, method)
             if not rows:
                 continue
-            tests = sorted({r["anomap"]["test_images"] for r in rows})
-            test = f"{tests[0]}" if len(tests) == 1 else f"{tests[0]}–{tests[-1]}"
             metrics = [
                 " / ".join(f"{100 * v:.1f}" for v in _sides(rows, k)) for k in ANOMALIB_METRICS
             ]
@@ -440,30 +461,10 @@ def anomalib_table() -> str:
                 _times(rows, "img_s_batch32", faster="higher"),
                 " / ".join(f"{v:.0f}" for v in _sides(rows, "peak_rss_mb")),
             ]
-            label = f"{labels.get(dataset, dataset)}, {test} test images"
-            label = f"{label} ({_variant(payload, dataset, method)})"
+            label = _label(payload, dataset, method)
             lines.append(f"| {method} | {label} | " + " | ".join(metrics + costs) + " |")
-            seeds = _load(f"{SEED_RUNS[method]}/compare_seeds.json")
-            per_category = (seeds or {}).get("summary", {}).get(dataset, {})
-            slots = [m[method] for m in per_category.values() if method in m]
-            if slots:
-                count = len(slots[0]["seeds"])
-                first = _load(
-                    f"{SEED_RUNS[method]}/seed_{slots[0]['seeds'][0]}/compare_anomalib.json"
-                )
-                cells = [
-                    " / ".join(
-                        f"{100 * np.mean([s[k][side]['mean'] for s in slots]):.1f}"
-                        for side in ("anomap", "anomalib")
-                    )
-                    for k in ANOMALIB_METRICS
-                ]
-                tests = first["results"][dataset][next(iter(per_category))][method]["anomap"]
-                label = (
-                    f"{labels.get(dataset, dataset)}, {tests['test_images']} test images, "
-                    f"mean of {count} seeds ({_variant(first, dataset, method)})"
-                )
-                lines.append(f"| {method} | {label} | " + " | ".join(cells) + " | – | – | – | – |")
+            if seed_row := _seed_row(method, dataset):
+                lines.append(seed_row)
     lines += [
         "",
         "Cells are anomap / anomalib (metrics, in %) or anomap's speed-up (fit: anomalib's "
