@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from anomap.benchmark import fit_speed_variants, machine_info
+from anomap.benchmark import _synchronised, fit_speed_variants, machine_info
 from anomap.methods.base import resolve_device
 from anomap.report import write_text_atomic
 
@@ -33,35 +33,27 @@ SHOWN = 15  # operators listed per variant; the rest are summed in one row
 WARM_UP = 3
 
 
-def _synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def wall_ms(fn: Callable[[], Any], steps: int, device: torch.device) -> float:
-    """Milliseconds per call without the profiler, after warm-up."""
+def wall_ms(fn: Callable[[], Any], steps: int) -> float:
+    """Milliseconds per call of a synchronised `fn` without the profiler, after warm-up."""
     for _ in range(WARM_UP):
         fn()
-    _synchronise(device)
     start = time.perf_counter()
     for _ in range(steps):
         fn()
-    _synchronise(device)
     return (time.perf_counter() - start) * 1000 / steps
 
 
 def operator_ms(fn: Callable[[], Any], steps: int, device: torch.device) -> dict[str, dict]:
-    """Per operator: calls and self milliseconds per call of `fn`, under torch's profiler."""
+    """Per operator: calls and self milliseconds per call of a synchronised `fn`, under
+    torch's profiler."""
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
     for _ in range(WARM_UP):
         fn()
-    _synchronise(device)
     with profile(activities=activities) as recorded:
         for _ in range(steps):
             fn()
-        _synchronise(device)
     operators = {}
     for event in recorded.key_averages():
         micros = (
@@ -75,16 +67,15 @@ def operator_ms(fn: Callable[[], Any], steps: int, device: torch.device) -> dict
 def profile_variant(detector: Any, batch: int, size: int, steps: int, device: torch.device) -> dict:
     images = torch.randn(batch, 3, size, size, device=device)
 
-    def bare() -> Any:
+    def backbone_only() -> Any:
         with torch.inference_mode():
             return detector.backbone(images)
 
-    def predict() -> Any:
-        return detector.predict_tensor(images)
-
+    bare = _synchronised(backbone_only, device)
+    predict = _synchronised(lambda: detector.predict_tensor(images), device)
     return {
-        "backbone_wall_ms": wall_ms(bare, steps, device),
-        "predict_wall_ms": wall_ms(predict, steps, device),
+        "backbone_wall_ms": wall_ms(bare, steps),
+        "predict_wall_ms": wall_ms(predict, steps),
         "backbone_ops": operator_ms(bare, steps, device),
         "predict_ops": operator_ms(predict, steps, device),
     }
