@@ -600,9 +600,8 @@ PROTOCOL = [
     "on both sides. img/s: the predict path on preprocessed tensors already in memory, after "
     "warm-up, at batch 1 and 32. Peak RSS: ru_maxrss of the worker process (one per tool, "
     "method and category) at the end (fit, scoring, timing), and once fitting ended ('after "
-    "fit'); 'RSS after import' is that "
-    "process after importing its tool and decoding the test set, so the difference is what "
-    "fitting and scoring added.",
+    "fit'); 'RSS after import' is that process after importing its tool and decoding the "
+    "test set, so the difference is what fitting and scoring added.",
     "Allocator: anomap runs as shipped: it sets glibc's mmap and trim thresholds to 1 GiB "
     "itself (`anomap.allocator`), so freed activations are reused instead of faulted in "
     "again. anomalib's workers get a fixed 4 MiB mmap threshold unless a run's command says "
