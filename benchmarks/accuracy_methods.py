@@ -4,12 +4,16 @@
 For trained methods one run gives two rows: the last epoch (what anomap deploys) and the
 epoch an oracle picks on the test set (the papers' protocol, METHODS.md §2.4.6), labelled.
 
-Writes benchmarks/results/accuracy_<method>[_<preset>][_unified].json and .md (the preset in
-the name only when --preset is given; the settings always record it); re-running one dataset
-keeps the other datasets' rows. Examples:
+`--precisions bf16` also tests each last-epoch model at that inference precision (same model,
+float32 threshold), next to its float32 row.
+
+Writes benchmarks/results/accuracy_<method>[_<preset>][_unified][_<precisions>].json and .md
+(the preset in the name only when --preset is given; the settings always record it);
+re-running one dataset keeps the other datasets' rows. Examples:
   python benchmarks/accuracy_methods.py --method pbas --epochs 100
   python benchmarks/accuracy_methods.py --method glass --preset paper --epochs 20
   python benchmarks/accuracy_methods.py --method uniad --unified --epochs 200
+  python benchmarks/accuracy_methods.py --method patchcore --precisions bf16
 """
 
 from __future__ import annotations
@@ -58,9 +62,11 @@ def evaluate_groups(
     unified: bool,
     every: int,
     callbacks: tuple[Any, ...] = (),
+    precisions: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Train and test one model per category (or one for all with `unified`); `callbacks` are
-    called at every epoch end, after the oracle's, like the detector's own."""
+    called at every epoch end, after the oracle's, like the detector's own. Each of
+    `precisions` re-tests the last epoch's model at that `inference_precision`."""
     categories = discover(root)
     groups = [categories] if unified else [[c] for c in categories]
     detector_class = get_method(method)
@@ -104,6 +110,14 @@ def evaluate_groups(
             rows[category.name] = dict(
                 result.metrics, **shared, test_img_s=1.0 / result.seconds_per_image
             )
+        for precision in precisions:  # the same model, its threshold calibrated in float32
+            detector.config.inference_precision = precision
+            for category in group:
+                result = evaluate_category(detector, category)
+                rows[category.name].setdefault("precisions", {})[precision] = dict(
+                    result.metrics, test_img_s=1.0 / result.seconds_per_image
+                )
+            detector.config.inference_precision = "fp32"
         if oracle is not None and oracle.best_state is not None:
             oracle.restore(detector)
             for category in group:
@@ -124,6 +138,30 @@ def _table(rows: dict[str, Any], oracle: bool) -> str:
         if not oracle or "oracle" in row
     }
     return metrics_table_markdown(metrics, COLUMNS)
+
+
+def _precision_table(rows: dict[str, Any]) -> str:
+    """Each category's last-epoch metrics and test speed per inference precision, and means."""
+    names = ["fp32", *next(iter(rows.values()))["precisions"]]
+    keys = ("image_auroc", "pixel_auroc", "aupro", "threshold_f1")
+    lines = [
+        "| category | precision | I-AUROC | P-AUROC | AUPRO | threshold F1 | test img/s |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    per_precision = {
+        name: {c: (row if name == "fp32" else row["precisions"][name]) for c, row in rows.items()}
+        for name in names
+    }
+    for category in [*rows, "mean"]:
+        for name in names:
+            got = per_precision[name]
+            values = [
+                np.mean([r[k] for r in got.values()]) if category == "mean" else got[category][k]
+                for k in (*keys, "test_img_s")
+            ]
+            cells = " | ".join(f"{100 * v:.1f}" for v in values[:-1])
+            lines.append(f"| {category} | {name} | {cells} | {values[-1]:.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 def write_markdown(payload: dict[str, Any], path: Path) -> None:
@@ -152,6 +190,12 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
                 f"## {name}: ORACLE epoch (chosen on the test set, as the papers do)\n\n"
                 f"{_table(rows, True)}\nEpochs picked: {picked}.\n"
             )
+        if "precisions" in first:
+            sections.append(
+                f"## {name}: inference precision (the last epoch's model, threshold from "
+                f"float32 scores)\n\n{_precision_table(rows)}\nTest img/s: the whole test "
+                "loop (image decoding, batch 8), run one precision after another.\n"
+            )
         notes = sorted({str(r["training_info"].get("non_faithful", "")) for r in rows.values()})
         notes = [n for n in notes if n]
         if notes:
@@ -178,14 +222,31 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=5, help="oracle scoring interval")
     parser.add_argument("--set", nargs="*", default=[], help="extra settings key=json")
     parser.add_argument("--synth-dir", type=Path, default=Path("/tmp/anomap_bench_synth"))
+    parser.add_argument(
+        "--synth-test",
+        type=int,
+        nargs=2,
+        default=(12, 4),
+        metavar=("GOOD", "PER_DEFECT"),
+        help="synth test images (anomap synth's defaults: 12 good, 4 per defect type); use "
+        "a --synth-dir of its own for other counts",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--datasets", nargs="+", default=["synth", "shared"])
+    parser.add_argument(
+        "--precisions",
+        nargs="*",
+        default=[],
+        help="also test the last epoch at these inference precisions (bf16, fp16); the file "
+        "name gets them",
+    )
     args = parser.parse_args()
 
     stem = "_".join(
         [f"accuracy_{args.method}"]
         + ([args.preset] if args.preset else [])
         + (["unified"] if args.unified else [])
+        + args.precisions
     )
     previous_file = args.out / f"{stem}.json"
     previous = json.loads(previous_file.read_text()) if previous_file.is_file() else {}
@@ -196,9 +257,11 @@ def main() -> None:
     machines: dict = previous.get("machines") or {n: previous["machine"] for n in results}
     command = "python benchmarks/accuracy_methods.py " + " ".join(sys.argv[1:])
     geometry = UNIAD_GEOMETRY if args.method == "uniad" else GEOMETRY
+    good, defect = args.synth_test  # 256², 40 train images either way
+    test_counts = "" if (good, defect) == (12, 4) else f", {good} good + {defect} per defect type"
     for name in args.datasets:
         if name == "synth":
-            generate(args.synth_dir)  # defaults: 256², 40 train, 12 good + 4 per defect type
+            generate(args.synth_dir, n_test_good=good, n_test_defect=defect)
             root = args.synth_dir
         elif name == "shared" and SHARED.is_dir():
             root = SHARED
@@ -213,7 +276,13 @@ def main() -> None:
         if "preset" in config_fields:  # the tables name the preset even when it is the default
             settings.setdefault("preset", config_fields["preset"].default)
         results[name] = evaluate_groups(
-            name, root, args.method, settings, args.unified, args.eval_every
+            name,
+            root,
+            args.method,
+            settings,
+            args.unified,
+            args.eval_every,
+            precisions=tuple(args.precisions),
         )
         commands[name] = command
         used[name] = settings
@@ -226,7 +295,8 @@ def main() -> None:
         "commands": commands,
         "settings": used,
         "protocol": {
-            "synth": "anomap synth defaults (seed 0); resize 256, centre crop 224 (UniAD: 224²)",
+            "synth": f"anomap synth defaults (seed 0){test_counts}; resize 256, centre crop 224 "
+            "(UniAD: 224²)",
             "shared": "ball_screw: whole frame resized to 256×624, no crop",
             "threshold": "99th percentile of scores on 10 % of train held out (normal only)",
             "aupro": "standard MVTec AUPRO, FPR limit 0.3",

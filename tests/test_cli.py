@@ -98,6 +98,23 @@ def test_predict_writes_csv_and_overlays(trained, synth_root, tmp_path):
     assert (tmp_path / "predictions.csv").read_text().startswith("path,score")
 
 
+def test_predict_at_reduced_precision(trained, synth_root, tmp_path):
+    """--precision bf16 scores the same images about as fp32 does; a bad value or an ONNX
+    model with it is one clear line."""
+    out, summary = trained
+    name = sorted(summary)[0]
+    folder = synth_root / name / "test" / "good"
+    rows = {}
+    for precision in ("fp32", "bf16"):
+        args = ["predict", folder, "--model", out, "-c", name, "--out", tmp_path / precision]
+        proc = run(*args, "--precision", precision, "--no-overlays", "--json", "--quiet")
+        rows[precision] = [row["score"] for row in json.loads(proc.stdout)]
+    assert rows["bf16"] != rows["fp32"]
+    assert rows["bf16"] == pytest.approx(rows["fp32"], rel=0.1)
+    proc = run("predict", folder, "--model", out, "-c", name, "--precision", "int8", check=False)
+    assert proc.returncode == 2 and "inference_precision must be one of" in proc.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -209,6 +209,17 @@ def test_serves_a_saved_model_file(fitted, tmp_path):
     assert answer["images"][0]["score"] == pytest.approx(float(model.predict([sample]).scores[0]))
 
 
+def test_serves_at_the_requested_precision(fitted, tmp_path):
+    category, model = fitted
+    path = model.save(tmp_path / "model.safetensors")
+    with running(path, device="cpu", precision="bf16") as server:
+        _, info = call_json(server, "/info")
+        status, answer = post_png(server, "/predict", category.test[-1].path.read_bytes())
+    assert info["inference_precision"] == "bf16" and status == 200
+    expected = float(model.predict([category.test[-1].path]).scores[0])
+    assert answer["images"][0]["score"] == pytest.approx(expected, rel=0.1)
+
+
 def test_a_taken_port_is_a_clear_error(server, fitted):
     _, model = fitted
     with pytest.raises(AnomapError, match="cannot listen"):

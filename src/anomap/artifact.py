@@ -112,9 +112,16 @@ def save_detector(detector: Any, path: Path) -> Path:
     return write_artifact(path, detector.state_tensors(), meta)
 
 
-def load(path: str | Path, *, weights: str | None = None, device: str | None = None) -> Any:
+def load(
+    path: str | Path,
+    *,
+    weights: str | None = None,
+    device: str | None = None,
+    precision: str | None = None,
+) -> Any:
     """Load a detector saved with `Detector.save`. `weights` points to the backbone's weight
-    file when it is not where it was at training time; its hash must match."""
+    file when it is not where it was at training time; its hash must match. `device` and
+    `precision` (the `inference_precision`) override what the model was saved with."""
     from anomap.methods import get_method
     from anomap.postprocess import Calibration
 
@@ -126,6 +133,8 @@ def load(path: str | Path, *, weights: str | None = None, device: str | None = N
         config["weights"] = weights
     if device is not None:
         config["device"] = device
+    if precision is not None:
+        config["inference_precision"] = precision
     detector = cls(**config)
     expected = meta["backbone"]["weights_id"]
     if detector.backbone.weights_id != expected:

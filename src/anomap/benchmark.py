@@ -28,12 +28,6 @@ if TYPE_CHECKING:
 
 
 ROUNDS = 5  # alternating timing rounds per comparison; medians are reported
-# inference precisions: None runs float32; the others run the whole path under autocast
-PRECISIONS: dict[str, torch.dtype | None] = {
-    "fp32": None,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-}
 
 
 def _throughput(fn: Callable[[], Any], batch: int, min_seconds: float) -> float:
@@ -140,11 +134,22 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def _cpu_bf16_flags() -> list[str]:
+    """The CPU's bfloat16 instructions (Linux /proc/cpuinfo): what bf16 inference speed on a
+    CPU depends on (without them oneDNN emulates bf16, slower than fp32)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split("flags", 2)[1].splitlines()[0].split()
+    except (OSError, IndexError):
+        return []
+    return sorted(f for f in flags if f in ("avx512_bf16", "amx_bf16", "amx_tile"))
+
+
 def machine_info(device: torch.device) -> dict[str, Any]:
     info = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "cpu_bf16": _cpu_bf16_flags(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -231,12 +236,13 @@ def run_speed_benchmark(
     the method's head, upsampling, blur) and that detector's bare backbone on the same
     preprocessed batches, interleaved so both see the same machine state: `rounds`
     alternating rounds sharing `min_seconds` per comparison. Each of
-    `precisions` (`PRECISIONS`) other than fp32 times both under autocast and records how far
-    the maps and scores move from fp32's on the timed batch. `onnx` adds the
+    `precisions` (`PRECISIONS`) other than fp32 times the backbone under autocast and the
+    method at that `inference_precision`, and records how far the maps and scores move from
+    fp32's on the timed batch. `onnx` adds the
     exported model and exported backbone on onnxruntime, timed on the same batches (CPU only:
     `OnnxDetector` uses onnxruntime's CPU provider). Writes speed_<device>.json/.md."""
     from anomap.errors import ConfigError
-    from anomap.methods.base import resolve_device
+    from anomap.methods.base import PRECISIONS, resolve_device
 
     torch_device = resolve_device(device)
     mixed = tuple(precisions) != ("fp32",)  # the tables get precision and error columns
@@ -265,15 +271,16 @@ def run_speed_benchmark(
             def predict(detector=detector, images=images):
                 return detector.predict_tensor(images)
 
+            detector.config.inference_precision = "fp32"  # the counts and the reference
             backbone_gflop = _gflop_per_image(bare, batch)
             method_gflop = _gflop_per_image(predict, batch)
             reference_scores, reference_maps = predict()
             for precision in precisions:
                 dtype = PRECISIONS[precision]
-                timed_bare, timed_predict = (
-                    _synchronised(_autocast(fn, torch_device, dtype), torch_device)
-                    for fn in (bare, predict)
-                )
+                # the method path runs as users run it: its own inference_precision setting
+                detector.config.inference_precision = precision
+                timed_bare = _synchronised(_autocast(bare, torch_device, dtype), torch_device)
+                timed_predict = _synchronised(predict, torch_device)
                 timing = _compare(timed_bare, timed_predict, batch, min_seconds, rounds)
                 row = {
                     "batch": batch,
@@ -341,9 +348,10 @@ def run_speed_benchmark(
     ]
     if mixed:
         notes.append(
-            "precision: fp32, or the bare backbone and the whole predict path both under "
-            "torch.autocast to bf16/fp16. map/score error: ‖x − x_fp32‖ / ‖x_fp32‖ on the "
-            "timed batch (random inputs), how far reduced precision moves the outputs."
+            "precision: fp32, or the bare backbone under torch.autocast to bf16/fp16 and the "
+            "predict path with that `inference_precision` (its scoring under autocast, the "
+            "upsampling and blur in float32). map/score error: ‖x − x_fp32‖ / ‖x_fp32‖ on "
+            "the timed batch (random inputs), how far reduced precision moves the outputs."
         )
     if measure_onnx:
         from anomap.export import require

@@ -92,7 +92,8 @@ def _metadata(detector: Detector, input_size: tuple[int, int]) -> dict[str, str]
             name: c.to_dict() for name, c in detector.category_calibration.items()
         },
         "categories": list(detector.categories),
-        "config": detector.config.to_dict(),
+        # the graph is traced in float32 whatever precision the torch model runs at
+        "config": {**detector.config.to_dict(), "inference_precision": "fp32"},
         "backbone": {
             "name": backbone.spec.name,
             "layers": list(backbone.layers),

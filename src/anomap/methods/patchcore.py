@@ -116,7 +116,7 @@ class NearestNeighbors:
         if torch.onnx.is_in_onnx_export():
             return self._search_chunk(queries, k)
         if self._faiss_index is not None:
-            sq, idx = self._faiss_index.search(queries.cpu().numpy().astype(np.float32), k)
+            sq, idx = self._faiss_index.search(queries.float().cpu().numpy(), k)
             dist = torch.from_numpy(sq).clamp_min(0).sqrt().to(queries.device)
             return dist, torch.from_numpy(idx).to(queries.device)
         rows = max(1, _CHUNK_ELEMENTS // max(1, self.bank.shape[0]))

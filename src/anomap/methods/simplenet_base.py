@@ -354,7 +354,9 @@ class SynthesisDetector(EpochTrainedDetector, PatchFeatureDetector):
             step = max(1, HEAD_CHUNK_ROWS // (height * width))
             chunks = [[x[start : start + step] for x in layers] for start in range(0, batch, step)]
         scores = [torch.mm(F.leaky_relu_(hidden_layer(c), 0.2), head) for c in chunks]
-        cells = torch.cat(scores).sigmoid_().reshape(batch, height, width)
+        # the sigmoid in float32: under bf16 autocast, probabilities near 1 would round to
+        # steps of 2⁻⁸ and tie
+        cells = torch.cat(scores).float().sigmoid_().reshape(batch, height, width)
         return cells.flatten(1).max(dim=1).values, cells
 
     def _folded_hidden_layer(self) -> tuple[torch.Tensor, torch.Tensor]:

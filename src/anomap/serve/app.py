@@ -175,6 +175,7 @@ def make_server(
     category: str | None = None,
     device: str | None = None,
     weights: str | None = None,
+    precision: str | None = None,
     max_body: int = DEFAULT_MAX_BODY,
 ) -> ModelServer:
     """A bound server (port 0 picks a free one; see `server.url`) for a fitted detector or a
@@ -182,7 +183,9 @@ def make_server(
     if isinstance(model, Detector):
         service = ModelService(model, category=category)
     else:
-        service = ModelService.load(model, category=category, device=device, weights=weights)
+        service = ModelService.load(
+            model, category=category, device=device, weights=weights, precision=precision
+        )
     try:
         return ModelServer((host, port), service, max_body)
     except OSError as exc:  # port taken, address not on this machine, no permission

@@ -65,10 +65,12 @@ class ModelService:
         category: str | None = None,
         device: str | None = None,
         weights: str | None = None,
+        precision: str | None = None,
     ) -> ModelService:
         from anomap.artifact import load
 
-        return cls(load(path, weights=weights, device=device), category=category)
+        detector = load(path, weights=weights, device=device, precision=precision)
+        return cls(detector, category=category)
 
     def category(self, name: str | None) -> str | None:
         """`name` checked against the model's categories; the default when not given."""
@@ -98,6 +100,7 @@ class ModelService:
             "input_size": size,
             "backbone": {"name": backbone.spec.name, "layers": list(backbone.layers)},
             "device": str(next(backbone.parameters()).device),
+            "inference_precision": detector.config.inference_precision,
             "threshold": cal.image_threshold if cal else None,
             "category_thresholds": {
                 name: c.image_threshold for name, c in detector.category_calibration.items()
