@@ -152,7 +152,7 @@ def _precision_table(rows: dict[str, Any]) -> str:
         name: {c: (row if name == "fp32" else row["precisions"][name]) for c, row in rows.items()}
         for name in names
     }
-    for category in [*rows, "mean"]:
+    for category in [*rows, "mean"] if len(rows) > 1 else rows:
         for name in names:
             got = per_precision[name]
             values = [

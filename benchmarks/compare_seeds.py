@@ -39,17 +39,19 @@ TITLE = "anomap vs anomalib 2.7.0 over seeds: mean ± sd, and the paired differe
 
 
 def run_seed(seed: int, forwarded: list[str], out: Path, threads: int | None) -> dict[str, Any]:
-    """One compare_anomalib.py run; its JSON, or why it produced none."""
+    """One compare_anomalib.py run; its JSON (with the rows it kept from an earlier run in
+    `out`), or why it wrote none."""
     env = dict(os.environ)
     if threads is not None:
         env.setdefault("OMP_NUM_THREADS", str(threads))
     command = [sys.executable, str(HERE / "compare_anomalib.py"), *forwarded]
     command += ["--seed", str(seed), "--out", str(out)]
+    result = out / "compare_anomalib.json"  # merged into when present, so check it was written
+    before = result.stat().st_mtime_ns if result.is_file() else None
     with (out.parent / f"seed_{seed}.log").open("w") as log:
         subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
-    result = out / "compare_anomalib.json"
-    if not result.is_file():
-        return {"error": f"no results; see seed_{seed}.log"}
+    if not result.is_file() or result.stat().st_mtime_ns == before:
+        return {"error": f"no new results; see seed_{seed}.log"}
     return json.loads(result.read_text())
 
 

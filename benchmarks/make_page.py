@@ -178,6 +178,7 @@ metrics are unchanged by the allocator, bit for bit.
 METHOD_ORDER = ("patchcore", "pbas", "glass", "uniad")
 STANDARD_SETTINGS = frozenset({"resize", "crop", "preset", "epochs"})
 SUMMARY_COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "threshold_f1")
+DATA_LABELS = {"synth": "synth, 4 categories", "shared": "ball_screw"}
 
 
 def _load(name: str) -> dict[str, Any] | None:
@@ -275,7 +276,7 @@ def summary_table(dataset: str) -> str:
             continue
         payload = json.loads(path.read_text(encoding="utf-8"))
         rows = payload["results"].get(dataset)
-        if not rows:
+        if not rows or _tests_precisions(rows):  # those have their own block and test sets
             continue
         method = path.stem.removeprefix("accuracy_").split("_")[0]
         settings = payload["settings"][dataset]
@@ -299,47 +300,141 @@ def summary_table(dataset: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _tests_precisions(rows: dict[str, Any]) -> bool:
+    """Rows of `accuracy_methods.py --precisions`: each model also tested at reduced precision."""
+    return any("precisions" in r for r in rows.values())
+
+
+def precision_table() -> str:
+    """Each method's mean metrics and test speed per inference precision on each dataset,
+    from the accuracy files written with `--precisions` (the README's precision block)."""
+    lines = [
+        "| method | data | precision | I-AUROC | P-AUROC | AUPRO | threshold F1 | test img/s |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    commands, protocols = [], []
+    for path in sorted(RESULTS.glob("accuracy_*.json"), key=_row_order):
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        method = path.stem.removeprefix("accuracy_").split("_")[0]
+        for dataset, rows in payload["results"].items():
+            if not _tests_precisions(rows):
+                continue
+            protocols.append(payload["protocol"][dataset])
+            settings = payload["settings"][dataset]
+            trained = [
+                f"{settings[k]}{suffix}"
+                for k, suffix in (("preset", ""), ("epochs", " ep."))
+                if k in settings
+            ]
+            if "unified" in path.stem.split("_"):
+                trained.append("unified")
+            label = f"{method} ({', '.join(trained)})" if trained else method
+            tested = {"fp32": rows}
+            for name in next(iter(rows.values()))["precisions"]:
+                tested[name] = {c: r["precisions"][name] for c, r in rows.items()}
+            for name, got in tested.items():
+                values = " | ".join(f"{v:.1f}" for v in _mean_row(got))
+                speed = np.mean([r["test_img_s"] for r in got.values()])
+                lines.append(
+                    f"| {label} | {DATA_LABELS[dataset]} | {name} | {values} | {speed:.1f} |"
+                )
+            commands.append(f"`{payload['commands'][dataset]}`")
+    if not commands:
+        return "(no accuracy file with --precisions yet)\n"
+    lines += [
+        "",
+        "Means over categories, each model tested once per precision (its threshold from "
+        "float32 scores). Test img/s: the whole test loop (image decoding included, batch 8), "
+        "one precision after the other, so it scatters; the speed table is the controlled "
+        "comparison. Data: "
+        + "; ".join(dict.fromkeys(protocols))
+        + ". Commands: "
+        + "; ".join(dict.fromkeys(commands))
+        + ".",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _speed_keys(rows: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    """The (batch, precision) pairs of speed rows, by batch, fp32 first."""
+    order = ("fp32", "bf16", "fp16")
+    return sorted(
+        {(r["batch"], r.get("precision", "fp32")) for r in rows},
+        key=lambda k: (k[0], order.index(k[1])),
+    )
+
+
+def _cpu_bf16_note(machine: dict[str, Any]) -> str:
+    """What the CPU offers bf16 arithmetic, for files that recorded it."""
+    if "cpu_bf16" not in machine:
+        return ""
+    flags = ", ".join(machine["cpu_bf16"]) or "none (bf16 is emulated, slower than fp32)"
+    return f" The CPU's bf16 instructions: {flags}."
+
+
 def speed_table() -> str:
-    """Each method's torch img/s and ratio to its bare backbone per batch size, and its
-    onnxruntime img/s, from speed_cpu.json (the README's speed block)."""
+    """Each method's torch img/s and ratio to its bare backbone per batch size (and reduced
+    precision, when timed), and its onnxruntime img/s, from speed_cpu.json (the README's
+    speed block)."""
     payload = _load("speed_cpu.json")
     if payload is None:
         return "(no speed_cpu.json yet: run `anomap bench --onnx`)\n"
     rows = payload["rows"]
-    batches = sorted({r["batch"] for r in rows})
+    keys = _speed_keys(rows)
+    batches = sorted({b for b, _ in keys})
     variants = list(dict.fromkeys(r["variant"] for r in rows))
-    by_key = {(r["variant"], r["batch"]): r for r in rows}
-    head = ["method"] + [f"batch {b}: img/s (÷ backbone)" for b in batches]
+    by_key = {(r["variant"], r["batch"], r.get("precision", "fp32")): r for r in rows}
+    head = ["method"] + [
+        f"batch {b}{'' if p == 'fp32' else ', ' + p}: img/s (÷ backbone)" for b, p in keys
+    ]
     head.append(f"arithmetic bound, batch {batches[-1]}")
-    onnx = all("onnx_img_s" in r for r in rows)
+    onnx = all("onnx_img_s" in r for r in rows if r.get("precision", "fp32") == "fp32")
     if onnx:
         head += [f"ONNX Runtime, batch {b}" for b in batches]
     spreads = all("ratio_quartiles" in r for r in rows)  # files before `--rounds` lack them
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for variant in variants:
         cells = [variant]
-        for b in batches:
-            row = by_key[(variant, b)]
+        for batch, precision in keys:
+            row = by_key[(variant, batch, precision)]
             spread = "; {:.2f}–{:.2f}".format(*row["ratio_quartiles"]) if spreads else ""
             cells.append(f"{row['method_img_s']:.1f} ({row['ratio']:.2f}×{spread})")
-        cells.append(f"{by_key[(variant, batches[-1])]['flop_bound']:.2f}×")
+        cells.append(f"{by_key[(variant, batches[-1], 'fp32')]['flop_bound']:.2f}×")
         if onnx:
-            cells += [f"{by_key[(variant, b)]['onnx_img_s']:.1f}" for b in batches]
+            cells += [f"{by_key[(variant, b, 'fp32')]['onnx_img_s']:.1f}" for b in batches]
         lines.append("| " + " | ".join(cells) + " |")
-    backbone = [r["backbone_img_s"] for r in rows if r["batch"] == batches[-1]]
+    backbone = {
+        precision: [
+            r["backbone_img_s"]
+            for r in rows
+            if (r["batch"], r.get("precision", "fp32")) == (batches[-1], precision)
+        ]
+        for _, precision in keys
+    }
+    reduced = [p for p in backbone if p != "fp32"]
+    ranges = ", ".join(
+        f"{min(v):.0f}–{max(v):.0f}" + (f" in {p}" if reduced else "") for p, v in backbone.items()
+    )
     lines += [
         "",
-        f"Bare backbone at batch {batches[-1]}: {min(backbone):.0f}–{max(backbone):.0f} img/s "
-        f"in the same run. Command: `{payload['command']}`; "
-        f"{payload['machine']['torch_threads']} torch threads. Arithmetic bound: the "
-        "backbone's floating-point operations ÷ the method's whole predict path's (matrix "
-        "products, convolutions, attention), the ratio reached if time followed arithmetic."
+        f"Bare backbone at batch {batches[-1]} (img/s): {ranges}, in the same run. "
+        f"Command: `{payload['command']}`; {payload['machine']['torch_threads']} torch "
+        "threads. Arithmetic bound: the backbone's floating-point operations ÷ the method's "
+        "whole predict path's (matrix products, convolutions, attention), the ratio reached if "
+        "time followed arithmetic."
         + (
             " After each ratio: the interquartile range of its per-round ratios, the scatter "
             "within this run."
             if spreads
             else ""
-        ),
+        )
+        + (
+            f" {', '.join(reduced)}: the model at that `inference_precision`, its backbone "
+            "alone under the same autocast, each ratio against that backbone."
+            if reduced
+            else ""
+        )
+        + _cpu_bf16_note(payload["machine"]),
     ]
     return "\n".join(lines) + "\n"
 
@@ -355,11 +450,7 @@ def gpu_speed_table() -> str:
     replaced = {r["variant"] for r in later["rows"]} if later else set()
     rows = [r for r in payload["rows"] if r["variant"] not in replaced]
     rows += later["rows"] if later else []
-    order = ("fp32", "bf16", "fp16")
-    keys = sorted(
-        {(r["batch"], r.get("precision", "fp32")) for r in rows},
-        key=lambda k: (k[0], order.index(k[1])),
-    )
+    keys = _speed_keys(rows)
     by_key = {(r["variant"], r["batch"], r.get("precision", "fp32")): r for r in rows}
     head = ["method"] + [f"batch {b}, {p}: img/s (÷ backbone)" for b, p in keys]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * len(keys)]
@@ -382,7 +473,6 @@ def gpu_speed_table() -> str:
 ANOMALIB_METRICS = ("image_auroc", "pixel_auroc", "aupro")
 SIDES = ("anomap", "anomalib")  # compare_anomalib's order; importing it would pull in torch
 SEED_RUNS = {"patchcore": "compare_seeds_patchcore", "glass": "compare_seeds_glass"}
-DATA_LABELS = {"synth": "synth, 4 categories", "shared": "ball_screw"}
 
 
 def _sides(rows: list[dict[str, Any]], key: str) -> tuple[float, float]:
@@ -493,6 +583,7 @@ def main() -> None:
     parts = [INTRO]
     for dataset, label in (("synth", "`anomap synth`, mean of 4"), ("shared", "ball_screw")):
         parts.append(f"## Summary: {label}\n\n{summary_table(dataset)}")
+    parts.append(f"## Summary: reduced-precision inference\n\n{precision_table()}")
     sections = [("Speed against the bare backbone (CPU)", "speed_cpu.md")]
     sections.append(("Speed against the bare backbone (GPU)", "speed_cuda.md"))
     sections.append(("PatchCore on the GPU after the block change", "speed_cuda_patchcore.md"))
@@ -537,6 +628,7 @@ def update_readme() -> None:
         "speed": speed_table,
         "speed_gpu": gpu_speed_table,
         "anomalib": anomalib_table,
+        "precision": precision_table,
     }
     for name, make in blocks.items():
         start = f"<!-- results:{name} -->"

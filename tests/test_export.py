@@ -13,6 +13,7 @@ from anomap import __version__
 from anomap.data.layouts import discover
 from anomap.errors import AnomapError, ArtifactError
 from anomap.methods import get_method
+from tests.tiny_models import TINY, TINY_SETTINGS
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -22,25 +23,6 @@ from anomap.export import OnnxDetector, export_onnx  # noqa: E402
 # float32 with a different operation order: about 1e-6 relative was seen for every method
 # (largest map difference 7e-5 on UniAD maps reaching 135), so 1e-4 leaves a wide margin
 RTOL = 1e-4
-
-TINY = {"resize": 64, "crop": 64, "batch_size": 4, "device": "cpu"}
-SETTINGS = {
-    "patchcore": TINY,
-    "pbas": {**TINY, "epochs": 1, "discriminator_hidden": 32},
-    "glass": {**TINY, "epochs": 1, "discriminator_hidden": 32, "las": False},
-    "uniad": {
-        **TINY,
-        "resize": (64, 64),
-        "crop": None,
-        "epochs": 1,
-        "hidden_dim": 32,
-        "heads": 4,
-        "encoder_layers": 1,
-        "decoder_layers": 1,
-        "feedforward_dim": 64,
-        "neighbor_size": 3,
-    },
-}
 
 
 def assert_close(actual: np.ndarray, expected: np.ndarray) -> None:
@@ -62,7 +44,7 @@ def fitted(categories, tmp_path_factory):
     def get(method: str):
         if method not in made:
             data = categories if method == "uniad" else categories[0]
-            detector = get_method(method)(**SETTINGS[method]).fit(data)
+            detector = get_method(method)(**TINY_SETTINGS[method]).fit(data)
             path = export_onnx(detector, tmp_path_factory.mktemp(method) / "model.onnx")
             made[method] = detector, path
         return made[method]
@@ -70,7 +52,7 @@ def fitted(categories, tmp_path_factory):
     return get
 
 
-@pytest.fixture(params=sorted(SETTINGS))
+@pytest.fixture(params=sorted(TINY_SETTINGS))
 def exported(request, fitted):
     return fitted(request.param)
 

@@ -12,24 +12,11 @@ from anomap.artifact import load
 from anomap.data.layouts import discover
 from anomap.errors import ConfigError
 from anomap.methods import get_method
+from tests.tiny_models import TINY, TINY_SETTINGS
 
-TINY = {"resize": 64, "crop": 64, "batch_size": 4, "device": "cpu"}
 SETTINGS = {
-    "patchcore": TINY,
+    **{m: TINY_SETTINGS[m] for m in ("patchcore", "glass", "uniad")},
     "patchcore-faiss": {**TINY, "search": "faiss"},
-    "glass": {**TINY, "epochs": 1, "discriminator_hidden": 32, "las": False},
-    "uniad": {
-        **TINY,
-        "resize": (64, 64),
-        "crop": None,
-        "epochs": 1,
-        "hidden_dim": 32,
-        "heads": 4,
-        "encoder_layers": 1,
-        "decoder_layers": 1,
-        "feedforward_dim": 64,
-        "neighbor_size": 3,
-    },
 }
 
 
