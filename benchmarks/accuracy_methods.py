@@ -207,8 +207,8 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
         )
     sections.append("Protocol: " + "; ".join(f"{k}: {v}" for k, v in payload["protocol"].items()))
     sections.append(
-        "\nTraining times were measured while other jobs shared the 2 cores; compare them "
-        "within a table, not across tables.\n"
+        "\nTraining and test times move with the host this shared 2-core machine lands on and "
+        "with other jobs on its cores; compare them within a table, not across tables.\n"
     )
     write_text_atomic("\n".join(sections), path)
 

@@ -11,6 +11,7 @@ import torch
 from anomap.artifact import load
 from anomap.data.layouts import discover
 from anomap.errors import ConfigError
+from anomap.features import FoldedLinear
 from anomap.methods import get_method
 from tests.tiny_models import TINY, TINY_SETTINGS
 
@@ -67,6 +68,33 @@ def test_bf16_moves_outputs_slightly_and_returns_float32(fitted, category):
     # move by about 4 % (measured at 64², untrained heads), the outputs by well under 10 %
     assert 0 < relative_error(reduced.maps, full.maps) < 0.1
     assert relative_error(reduced.scores, full.scores) < 0.1
+
+
+def test_only_the_parts_that_gain_run_reduced(fitted, category, monkeypatch):
+    """The backbone runs in bf16; PatchCore's search and the PBAS/GLASS heads (small
+    products and minima, slower in bf16 on a CPU) see float32; UniAD's transformer runs bf16."""
+    if getattr(fitted.config, "search", None) == "faiss":
+        pytest.skip("faiss searches float32 rows by construction")
+    backbone, heads = [], []
+    hook = fitted.backbone.register_forward_hook(
+        lambda m, i, out: backbone.extend(x.dtype for x in out)
+    )
+    original = FoldedLinear.__call__
+
+    def spy(self, layers, outputs=slice(None)):
+        out = original(self, layers, outputs)
+        heads.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(FoldedLinear, "__call__", spy)
+    with precision(fitted, "bf16"):
+        fitted.predict_tensor(next(fitted._tensor_batches([s.path for s in category.test])))
+    hook.remove()
+    assert set(backbone) == {torch.bfloat16}
+    if fitted.method == "uniad":
+        assert not heads
+    else:
+        assert heads and set(heads) == {torch.float32}
 
 
 def test_unknown_precision_is_refused():

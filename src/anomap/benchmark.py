@@ -349,8 +349,9 @@ def run_speed_benchmark(
     if mixed:
         notes.append(
             "precision: fp32, or the bare backbone under torch.autocast to bf16/fp16 and the "
-            "predict path with that `inference_precision` (its scoring under autocast, the "
-            "upsampling and blur in float32). map/score error: ‖x − x_fp32‖ / ‖x_fp32‖ on "
+            "predict path with that `inference_precision` (its backbone under autocast, and "
+            "UniAD's transformer; the other heads, upsampling and blur in float32). "
+            "map/score error: ‖x − x_fp32‖ / ‖x_fp32‖ on "
             "the timed batch (random inputs), how far reduced precision moves the outputs."
         )
     if measure_onnx:

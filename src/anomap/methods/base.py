@@ -30,7 +30,7 @@ from anomap.progress import track
 ImageInput = str | Path | Image.Image | np.ndarray
 
 # inference arithmetic (`inference_precision`): None runs float32; the others run scoring
-# under torch.autocast to that type
+# under torch.autocast to that type, in the parts that gain (each method's `_score` decides)
 PRECISIONS: dict[str, torch.dtype | None] = {
     "fp32": None,
     "bf16": torch.bfloat16,
@@ -53,8 +53,8 @@ class DetectorConfig:
     val_fraction: float = 0.1
     threshold_quantile: float = 0.99
     device: str = "auto"
-    # fp32, or bf16/fp16: convolutions and matrix products of predict (and of calibration)
-    # run in that type under autocast; faster on CPUs with AVX-512 BF16 or AMX
+    # fp32, or bf16/fp16: the backbone's convolutions (and UniAD's transformer) in predict
+    # and calibration run in that type under autocast; faster on CPUs with AVX-512 BF16 or AMX
     inference_precision: str = "fp32"
     seed: int = 0
 
@@ -343,8 +343,9 @@ class Detector:
     @torch.inference_mode()
     def predict_tensor(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole inference path on a preprocessed batch: (image scores, smoothed maps).
-        A reduced `inference_precision` runs the scoring (backbone and head) under autocast;
-        scores, upsampling and blur stay float32. ONNX export always traces float32."""
+        A reduced `inference_precision` runs the scoring under autocast (a method's `_score`
+        turns it off for a head that would not gain); scores, upsampling and blur stay
+        float32. ONNX export always traces float32."""
         dtype = PRECISIONS[self.config.inference_precision]
         if dtype is None or torch.onnx.is_in_onnx_export():
             image_scores, cells = self._score(images)

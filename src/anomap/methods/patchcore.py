@@ -185,12 +185,18 @@ class PatchCore(PatchFeatureDetector):
         self._index = NearestNeighbors(self.memory_bank, self.config.search)
 
     def _score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        layers = self.aggregator.layer_maps(self.backbone(images))
-        batch, _, height, width = layers[0].shape
-        queries = patch_rows(self.aggregator.combine(layers))
-        cells = self._nearest_distances(layers, queries).reshape(batch, height * width)
-        per_image = queries.reshape(batch, height * width, -1)
-        image_scores = self._reweighted_max(per_image, cells)
+        """Nearest-neighbour distance of every cell, and the re-weighted image score. A
+        reduced `inference_precision` runs only the backbone at it: the search is small
+        products, resizing and minima, which bf16 slows down on a CPU (casts, bf16
+        reductions) while rounding the distances, so it stays float32."""
+        features = self.backbone(images)
+        with torch.autocast(images.device.type, enabled=False):
+            layers = self.aggregator.layer_maps([f.float() for f in features])
+            batch, _, height, width = layers[0].shape
+            queries = patch_rows(self.aggregator.combine(layers))
+            cells = self._nearest_distances(layers, queries).reshape(batch, height * width)
+            per_image = queries.reshape(batch, height * width, -1)
+            image_scores = self._reweighted_max(per_image, cells)
         return image_scores, cells.reshape(batch, height, width)
 
     def _nearest_distances(self, layers: list[torch.Tensor], queries: torch.Tensor) -> torch.Tensor:

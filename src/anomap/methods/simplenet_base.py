@@ -340,23 +340,26 @@ class SynthesisDetector(EpochTrainedDetector, PatchFeatureDetector):
         """Cell score D(P(φ(x))) in (0, 1) with BatchNorm's running statistics; image score
         = the largest raw cell score (§2.5, §3.5). P, D's first Linear and its BatchNorm fold
         into one Linear (`_folded_hidden_layer`), evaluated on the per-layer maps by
-        `FoldedLinear`."""
+        `FoldedLinear`. A reduced `inference_precision` runs only the backbone at it: this
+        head is small products and resizing, which bf16 slows down on a CPU (casts, bf16
+        resizing) while rounding probabilities near 1 into ties, so it stays float32."""
         self.adaptor.eval()
         self.discriminator.eval()
-        layers = self.aggregator.layer_maps(self.backbone(images))
-        batch, _, height, width = layers[0].shape
-        hidden_layer = FoldedLinear(self.aggregator, *self._folded_hidden_layer(), layers)
-        head = self.discriminator.head.weight.T
-        # on a CPU, image chunks keep the 1024-wide hidden layer in cache (≈1.6× faster head);
-        # one chunk on a GPU and when exporting (a traced loop would freeze the batch size)
-        chunks = [layers]
-        if not (images.is_cuda or torch.onnx.is_in_onnx_export()):
-            step = max(1, HEAD_CHUNK_ROWS // (height * width))
-            chunks = [[x[start : start + step] for x in layers] for start in range(0, batch, step)]
-        scores = [torch.mm(F.leaky_relu_(hidden_layer(c), 0.2), head) for c in chunks]
-        # the sigmoid in float32: under bf16 autocast, probabilities near 1 would round to
-        # steps of 2⁻⁸ and tie
-        cells = torch.cat(scores).float().sigmoid_().reshape(batch, height, width)
+        features = self.backbone(images)
+        with torch.autocast(images.device.type, enabled=False):
+            layers = self.aggregator.layer_maps([f.float() for f in features])
+            batch, _, height, width = layers[0].shape
+            hidden_layer = FoldedLinear(self.aggregator, *self._folded_hidden_layer(), layers)
+            head = self.discriminator.head.weight.T
+            # on a CPU, image chunks keep the 1024-wide hidden layer in cache (≈1.6× faster
+            # head); one chunk on a GPU and when exporting (a traced loop would freeze the
+            # batch size)
+            chunks = [layers]
+            if not (images.is_cuda or torch.onnx.is_in_onnx_export()):
+                step = max(1, HEAD_CHUNK_ROWS // (height * width))
+                chunks = [[x[i : i + step] for x in layers] for i in range(0, batch, step)]
+            scores = [torch.mm(F.leaky_relu_(hidden_layer(c), 0.2), head) for c in chunks]
+            cells = torch.cat(scores).sigmoid_().reshape(batch, height, width)
         return cells.flatten(1).max(dim=1).values, cells
 
     def _folded_hidden_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
