@@ -588,6 +588,9 @@ def main() -> None:
     sections.append(("Speed against the bare backbone (GPU)", "speed_cuda.md"))
     sections.append(("PatchCore on the GPU after the block change", "speed_cuda_patchcore.md"))
     sections.append(("Where the predict path's time goes (CPU profile)", "profile_cpu.md"))
+    sections.append(
+        ("Where the predict path's time goes (CPU profile, bf16)", "profile_cpu_bf16.md")
+    )
     sections.append(("Where the predict path's time goes (GPU profile)", "profile_cuda.md"))
     sections.append(("GLASS on the GPU: one real category", "glass_gpu.md"))
     sections.append(("GLASS on the CPU: the full 640 epochs on one synth category", "glass_cpu.md"))

@@ -6,7 +6,9 @@ which operators make up the difference. It fits the speed benchmark's variants
 `predict_tensor` and over the bare backbone on the same batch, and lists per operator the time
 per batch of each and what the method adds. Self time: device time on a GPU (kernels), CPU
 time on a CPU. `python benchmarks/profile_predict.py [--methods patchcore] [--batch 32]
-[--device cuda] [--steps 10] [--out DIR]` writes DIR/profile_<device>.json and .md.
+[--device cuda] [--steps 10] [--precision bf16] [--out DIR]` writes
+DIR/profile_<device>[_<precision>].json and .md; a reduced precision profiles the model at that
+`inference_precision` against its backbone under the same autocast, as `anomap bench` times them.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from anomap.benchmark import _synchronised, fit_speed_variants, machine_info
-from anomap.methods.base import resolve_device
+from anomap.benchmark import _autocast, _synchronised, fit_speed_variants, machine_info
+from anomap.methods.base import PRECISIONS, resolve_device
 from anomap.report import write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,14 +66,17 @@ def operator_ms(fn: Callable[[], Any], steps: int, device: torch.device) -> dict
     return operators
 
 
-def profile_variant(detector: Any, batch: int, size: int, steps: int, device: torch.device) -> dict:
+def profile_variant(
+    detector: Any, batch: int, size: int, steps: int, device: torch.device, precision: str
+) -> dict:
     images = torch.randn(batch, 3, size, size, device=device)
+    detector.config.inference_precision = precision
 
     def backbone_only() -> Any:
         with torch.inference_mode():
             return detector.backbone(images)
 
-    bare = _synchronised(backbone_only, device)
+    bare = _synchronised(_autocast(backbone_only, device, PRECISIONS[precision]), device)
     predict = _synchronised(lambda: detector.predict_tensor(images), device)
     return {
         "backbone_wall_ms": wall_ms(bare, steps),
@@ -84,7 +89,8 @@ def profile_variant(detector: Any, batch: int, size: int, steps: int, device: to
 def markdown(payload: dict[str, Any]) -> str:
     unit = "device (kernel)" if payload["device"] == "cuda" else "CPU"
     lines = [
-        f"# Where the predict path's time goes, against the bare backbone ({payload['device']})",
+        "# Where the predict path's time goes, against the bare backbone "
+        f"({payload['device']}, {payload.get('precision', 'fp32')})",
         "",
         f"Command: `{payload['command']}`",
         "",
@@ -140,6 +146,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--n-train", type=int, default=100)
+    parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--note", default="", help="recorded with the results")
     args = parser.parse_args()
@@ -149,7 +156,7 @@ def main() -> None:
     if not detectors:
         parser.error(f"no speed variant of {args.methods}")
     variants = {
-        label: profile_variant(detector, args.batch, args.size, args.steps, device)
+        label: profile_variant(detector, args.batch, args.size, args.steps, device, args.precision)
         for label, detector in detectors.items()
     }
     payload = {
@@ -159,12 +166,14 @@ def main() -> None:
         "batch": args.batch,
         "size": args.size,
         "steps": args.steps,
+        "precision": args.precision,
         "variants": variants,
         "machine": machine_info(device),
         "note": args.note,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"profile_{device.type}"
+    suffix = "" if args.precision == "fp32" else f"_{args.precision}"
+    stem = args.out / f"profile_{device.type}{suffix}"
     write_text_atomic(json.dumps(payload, indent=2), stem.with_suffix(".json"))
     write_text_atomic(markdown(payload), stem.with_suffix(".md"))
     print(stem.with_suffix(".md").read_text())
