@@ -110,6 +110,7 @@ def evaluate_groups(
             rows[category.name] = dict(
                 result.metrics, **shared, test_img_s=1.0 / result.seconds_per_image
             )
+        trained_at = detector.config.inference_precision
         for precision in precisions:  # the same model, its threshold calibrated in float32
             detector.config.inference_precision = precision
             for category in group:
@@ -117,7 +118,7 @@ def evaluate_groups(
                 rows[category.name].setdefault("precisions", {})[precision] = dict(
                     result.metrics, test_img_s=1.0 / result.seconds_per_image
                 )
-            detector.config.inference_precision = "fp32"
+        detector.config.inference_precision = trained_at  # for the oracle rows below
         if oracle is not None and oracle.best_state is not None:
             oracle.restore(detector)
             for category in group:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from functools import cached_property
 from pathlib import Path
@@ -388,3 +389,14 @@ class PatchFeatureDetector(Detector):
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         """B×3×H×W -> B×D×h×w locally aware patch features."""
         return self.aggregator(self.backbone(images))
+
+    @contextmanager
+    def _float32_head(self, images: torch.Tensor) -> Iterator[list[torch.Tensor]]:
+        """The backbone's pooled `layer_maps` of `images`, in float32, for a block that scores
+        them with autocast off. A reduced `inference_precision` thus runs only the backbone at
+        it: these heads (PatchCore's search, the SimpleNet family's discriminator) are small
+        products, resizing and minima, which bf16 slows down on a CPU (casts, bf16
+        reductions) while rounding distances and probabilities."""
+        features = self.backbone(images)
+        with torch.autocast(images.device.type, enabled=False):
+            yield self.aggregator.layer_maps([f.float() for f in features])

@@ -185,13 +185,9 @@ class PatchCore(PatchFeatureDetector):
         self._index = NearestNeighbors(self.memory_bank, self.config.search)
 
     def _score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Nearest-neighbour distance of every cell, and the re-weighted image score. A
-        reduced `inference_precision` runs only the backbone at it: the search is small
-        products, resizing and minima, which bf16 slows down on a CPU (casts, bf16
-        reductions) while rounding the distances, so it stays float32."""
-        features = self.backbone(images)
-        with torch.autocast(images.device.type, enabled=False):
-            layers = self.aggregator.layer_maps([f.float() for f in features])
+        """Nearest-neighbour distance of every cell, and the re-weighted image score; the
+        search in float32 (`_float32_head`)."""
+        with self._float32_head(images) as layers:
             batch, _, height, width = layers[0].shape
             queries = patch_rows(self.aggregator.combine(layers))
             cells = self._nearest_distances(layers, queries).reshape(batch, height * width)

@@ -340,14 +340,11 @@ class SynthesisDetector(EpochTrainedDetector, PatchFeatureDetector):
         """Cell score D(P(φ(x))) in (0, 1) with BatchNorm's running statistics; image score
         = the largest raw cell score (§2.5, §3.5). P, D's first Linear and its BatchNorm fold
         into one Linear (`_folded_hidden_layer`), evaluated on the per-layer maps by
-        `FoldedLinear`. A reduced `inference_precision` runs only the backbone at it: this
-        head is small products and resizing, which bf16 slows down on a CPU (casts, bf16
-        resizing) while rounding probabilities near 1 into ties, so it stays float32."""
+        `FoldedLinear`, in float32 (`_float32_head`: bf16 would round probabilities near 1
+        into ties)."""
         self.adaptor.eval()
         self.discriminator.eval()
-        features = self.backbone(images)
-        with torch.autocast(images.device.type, enabled=False):
-            layers = self.aggregator.layer_maps([f.float() for f in features])
+        with self._float32_head(images) as layers:
             batch, _, height, width = layers[0].shape
             hidden_layer = FoldedLinear(self.aggregator, *self._folded_hidden_layer(), layers)
             head = self.discriminator.head.weight.T
