@@ -63,17 +63,24 @@ def evaluate_groups(
     every: int,
     callbacks: tuple[Any, ...] = (),
     precisions: tuple[str, ...] = (),
+    checkpoint_root: Path | None = None,
 ) -> dict[str, Any]:
     """Train and test one model per category (or one for all with `unified`); `callbacks` are
     called at every epoch end, after the oracle's, like the detector's own. Each of
-    `precisions` re-tests the last epoch's model at that `inference_precision`."""
+    `precisions` re-tests the last epoch's model at that `inference_precision`. With
+    `checkpoint_root`, each model keeps checkpoints (the oracle's choice included) in a folder
+    of its own there and resumes from them, so a run longer than a session can finish."""
     categories = discover(root)
     groups = [categories] if unified else [[c] for c in categories]
     detector_class = get_method(method)
     trained = "epochs" in detector_class.Config.__dataclass_fields__
     rows: dict[str, Any] = {}
     for group in groups:
-        detector = detector_class(**settings)
+        resumable = {}
+        if checkpoint_root is not None and trained:
+            folder = checkpoint_root / (group[0].name if len(group) == 1 else "unified")
+            resumable = {"checkpoint_dir": str(folder), "resume": True}
+        detector = detector_class(**settings, **resumable)
         oracle = None
         epoch_ends: list[float] = []  # when each epoch ended, less the oracle's scoring time
         if trained:
@@ -96,14 +103,18 @@ def evaluate_groups(
             "training_info": dict(detector.training_info),
         }
         if trained:
-            shared["seconds_per_epoch"] = fit_seconds / detector.config.epochs
-            if len(epoch_ends) > 1:  # the steady epoch, without set-up (caches, pools)
-                loop = (epoch_ends[-1] - epoch_ends[0]) / (len(epoch_ends) - 1)
+            ran = len(epoch_ends)  # fewer than the schedule's epochs when resumed
+            if ran < detector.config.epochs:
+                shared["resumed_after_epoch"] = detector.config.epochs - ran
+            if ran:
+                shared["seconds_per_epoch"] = fit_seconds / ran
+                fitted = round(shared["train_images"] * (1 - detector.config.val_fraction))
+                steps = -(-fitted // detector.config.batch_size)
+                shared["iterations_per_second"] = steps / shared["seconds_per_epoch"]
+            if ran > 1:  # the steady epoch, without set-up (caches, pools)
+                loop = (epoch_ends[-1] - epoch_ends[0]) / (ran - 1)
                 shared["loop_seconds_per_epoch"] = loop
-                shared["setup_seconds"] = fit_seconds - loop * detector.config.epochs
-            fitted = round(shared["train_images"] * (1 - detector.config.val_fraction))
-            steps = -(-fitted // detector.config.batch_size)
-            shared["iterations_per_second"] = steps / shared["seconds_per_epoch"]
+                shared["setup_seconds"] = fit_seconds - loop * ran
             shared["final_loss"] = detector.history[-1]
         for category in group:
             result = evaluate_category(detector, category)

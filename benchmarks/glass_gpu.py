@@ -1,7 +1,10 @@
 """GLASS on one real category for the paper's full schedule (the `fast` preset), with short runs
 of `paper` and of `fast` without mixed precision to compare epoch times on the same machine
 (issue #4: "run one real category there for the full 640 epochs"). Made for a GPU; on a CPU
-(`--device cpu`) it writes glass_cpu.json/.md instead, so the two never overwrite each other.
+(`--device cpu`) it writes glass_cpu.json/.md instead, so the two never overwrite each other,
+and `--geometry synth` adds `_synth` to the name. `--checkpoints DIR` makes runs resumable:
+a CPU run of the full schedule takes hours, longer than a session, and a later call with the
+same arguments continues it from its last checkpoint (the oracle's choice included).
 
 Runs one after another, in the order given, so each has the card to itself; the results file
 is rewritten after every run, so a run cut short loses only itself. Rows report the last
@@ -36,13 +39,20 @@ RUNS: dict[str, dict[str, Any]] = {
 TIMES = ("fit_seconds", "seconds_per_epoch", "loop_seconds_per_epoch", "setup_seconds")
 
 
-def _progress(name: str, every: int):
+def _progress(name: str, every: int, log: Path | None):
     """An epoch-end callback printing the epoch, its losses and the time since the first call,
-    so a log shows how far a run cut short got and at what speed."""
+    so a log shows how far a run cut short got and at what speed; with `log`, every epoch end
+    is also appended there as a JSON line, the time record of a run resumed across processes."""
     start = time.perf_counter()
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
 
     def report(detector: Any, epoch: int, losses: dict[str, float]) -> None:
         done = epoch + 1
+        if log is not None:
+            entry = {"started": started, "categories": detector.categories, "epoch": done}
+            entry["seconds"] = round(time.perf_counter() - start, 2)
+            with log.open("a") as lines:
+                lines.write(json.dumps(entry) + "\n")
         if done == 1 or done % every == 0 or done == detector.config.epochs:
             loss = " ".join(f"{k} {v:.4g}" for k, v in losses.items())
             curve = detector.training_info.get("oracle_curve")
@@ -54,22 +64,56 @@ def _progress(name: str, every: int):
     return report
 
 
+def _segments(log: Path, category: str) -> list[dict[str, Any]]:
+    """The processes that trained `category` (more than one when resumed): when each
+    started, its first and last epoch, and its seconds to that last epoch end."""
+    segments: dict[str, dict[str, Any]] = {}
+    for line in log.read_text().splitlines():
+        entry = json.loads(line)
+        if entry["categories"] == [category]:
+            segment = segments.setdefault(
+                entry["started"], {"started": entry["started"], "first_epoch": entry["epoch"]}
+            )
+            segment.update(last_epoch=entry["epoch"], seconds=entry["seconds"])
+    return list(segments.values())
+
+
 def run(
-    name: str, epochs: int, data: Path, every: int, device: str, geometry: str
+    name: str,
+    epochs: int,
+    data: Path,
+    every: int,
+    device: str,
+    geometry: str,
+    checkpoints: Path | None = None,
 ) -> dict[str, Any]:
     settings = dict(GEOMETRY[geometry], **RUNS[name], epochs=epochs, seed=0, device=device)
     every = min(every, epochs)
+    root = log = None
+    if checkpoints is not None:
+        root = checkpoints / f"{name}_{epochs}"
+        root.mkdir(parents=True, exist_ok=True)
+        log = root / "progress.jsonl"
     rows = evaluate_groups(
-        geometry, data, "glass", settings, False, every, callbacks=(_progress(name, every),)
+        geometry,
+        data,
+        "glass",
+        settings,
+        False,
+        every,
+        callbacks=(_progress(name, every, log),),
+        checkpoint_root=root,
     )
+    keep = (*COLUMNS, *TIMES, "test_img_s", "train_images", "resumed_after_epoch")
     return {
         "run": name,
         "settings": settings,
         "categories": {
             category: {
-                **{k: row[k] for k in (*COLUMNS, *TIMES, "test_img_s", "train_images") if k in row},
+                **{k: row[k] for k in keep if k in row},
                 "precision": row["training_info"].get("precision", "float32"),
                 "oracle": row.get("oracle"),
+                **({"segments": _segments(log, category)} if log else {}),
             }
             for category, row in rows.items()
         },
@@ -84,6 +128,22 @@ def _geometry_text(settings: dict[str, Any]) -> str:
     else:
         size = f"resize {resize}"
     return f"{size}, centre crop {crop}" if crop else f"{size}, no crop"
+
+
+def _segments_text(run: str, category: str, row: dict[str, Any]) -> str:
+    """A run resumed across processes, in words: the row's times are its last process's."""
+    parts = [
+        f"epochs {s['first_epoch']}–{s['last_epoch']} in {s['seconds']:.0f} s "
+        f"(started {s['started']})"
+        for s in row["segments"]
+    ]
+    total = sum(s["seconds"] for s in row["segments"])
+    return (
+        f"{run} on {category} was trained by {len(parts)} processes, each resuming from the "
+        f"last checkpoint of the one before: {'; '.join(parts)}. Their wall time sums to "
+        f"{total:.0f} s, oracle scoring and epochs redone after a restart included; the row's "
+        "times are the last process's.\n"
+    )
 
 
 def write_markdown(payload: dict[str, Any], path: Path) -> None:
@@ -101,6 +161,7 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     steady: dict[str, float] = {}
+    resumed: list[str] = []
     for entry in payload["runs"]:
         for category, row in entry["categories"].items():
             oracle = row.get("oracle") or {}
@@ -112,14 +173,17 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
                 f"| {entry['run']} | {category} | {row['precision']} "
                 f"| {entry['settings']['epochs']} | {100 * row['image_auroc']:.1f} "
                 f"| {100 * row['pixel_auroc']:.1f} | {100 * row['aupro']:.1f} | {picked} "
-                f"| {' | '.join(others)} | {row['seconds_per_epoch']:.2f} "
+                f"| {' | '.join(others)} | {row.get('seconds_per_epoch', float('nan')):.2f} "
                 f"| {row.get('loop_seconds_per_epoch', float('nan')):.2f} "
                 f"| {row.get('setup_seconds', float('nan')):.1f} | {row['fit_seconds']:.0f} "
                 f"| {row['test_img_s']:.1f} |"
             )
             if "loop_seconds_per_epoch" in row:
                 steady[entry["run"]] = row["loop_seconds_per_epoch"]
+            if len(row.get("segments", [])) > 1:
+                resumed.append(_segments_text(entry["run"], category, row))
     lines.append("")
+    lines += resumed
     if "paper" in steady and "fast" in steady:
         lines.append(
             f"Steady epoch, fast ÷ paper: {steady['fast'] / steady['paper']:.3f}× "
@@ -156,6 +220,13 @@ def main() -> None:
         default="shared",
         help="input geometry of the accuracy tables' rows of that dataset",
     )
+    parser.add_argument(
+        "--checkpoints",
+        type=Path,
+        default=None,
+        help="keep each run's checkpoints (and an epoch log) under this folder and resume "
+        "from them, so a run longer than one session finishes over several calls",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     plan = [(name, int(epochs)) for name, _, epochs in (r.partition(":") for r in args.runs)]
@@ -165,6 +236,8 @@ def main() -> None:
     device = resolve_device(args.device)
     where = "a GPU" if device.type == "cuda" else "the CPU"
     stem = "glass_gpu" if device.type == "cuda" else "glass_cpu"
+    if args.geometry != "shared":  # the real data's file keeps the plain name
+        stem += f"_{args.geometry}"
     payload: dict[str, Any] = {
         "benchmark": f"GLASS on {where}: fast for the full schedule, paper and fast-fp32 timed",
         "command": "python benchmarks/glass_gpu.py " + " ".join(sys.argv[1:]),
@@ -176,7 +249,15 @@ def main() -> None:
     for name, epochs in plan:
         try:
             payload["runs"].append(
-                run(name, epochs, args.data, args.eval_every, args.device, args.geometry)
+                run(
+                    name,
+                    epochs,
+                    args.data,
+                    args.eval_every,
+                    args.device,
+                    args.geometry,
+                    args.checkpoints,
+                )
             )
         except Exception:  # one broken run must not cost the others their time on the card
             traceback.print_exc()

@@ -14,6 +14,7 @@ from anomap.methods.simplenet_base import (
     RowStatistics,
     TrainingFeatures,
 )
+from anomap.selection import OracleSelection
 
 TINY = {"resize": 64, "crop": 64, "batch_size": 4, "device": "cpu", "val_fraction": 0.0}
 
@@ -117,6 +118,51 @@ def test_resume_gives_identical_weights(train_samples, tmp_path):
         PBAS(**TINY, epochs=4, checkpoint_dir=folder, resume=True, afs_scale=0.5).fit(train_samples)
     with pytest.raises(AnomapError, match="other images"):
         PBAS(**TINY, epochs=4, checkpoint_dir=folder, resume=True).fit(train_samples[:-1])
+
+
+def test_resume_keeps_the_oracles_choice(train_samples, synth_root, tmp_path):
+    """The oracle's best epoch so far is part of the checkpoint, so a resumed run picks from
+    every epoch, not only those after the restart."""
+    test = list(discover(synth_root)[0].test)
+
+    def oracle():
+        return OracleSelection(test)
+
+    straight_oracle = oracle()
+    straight = PBAS(**TINY, epochs=4).fit(train_samples, select=straight_oracle)
+    folder = str(tmp_path / "ckpt")
+    chosen = straight.training_info["selected_epoch"]  # 1-based
+    assert chosen < 4, "the test needs a choice made before the restart"
+
+    def kill_after_the_chosen_epoch(detector, epoch, losses):
+        if epoch == chosen:  # its checkpoint holds epochs 1..chosen, all scored
+            raise Killed
+
+    interrupted = PBAS(**TINY, epochs=4, checkpoint_dir=folder, checkpoint_every=1)
+    interrupted.epoch_end_callbacks.append(kill_after_the_chosen_epoch)
+    with pytest.raises(Killed):
+        interrupted.fit(train_samples, select=oracle())
+    resumed_oracle = oracle()
+    curve = resumed_oracle.curve  # callers may hold the list (accuracy_methods does)
+    resumed = PBAS(**TINY, epochs=4, checkpoint_dir=folder, resume=True).fit(
+        train_samples, select=resumed_oracle
+    )
+    assert curve is resumed_oracle.curve and curve == straight_oracle.curve
+    assert len(curve) == 4
+    assert resumed.training_info["selected_epoch"] == straight.training_info["selected_epoch"]
+    for name, tensor in straight.state_tensors().items():
+        assert torch.equal(tensor, resumed.state_tensors()[name]), name
+
+    unlabelled = str(tmp_path / "without")
+    PBAS(**TINY, epochs=2, checkpoint_dir=unlabelled).fit(train_samples)
+    with pytest.raises(AnomapError, match="without oracle selection"):
+        PBAS(**TINY, epochs=4, checkpoint_dir=unlabelled, resume=True).fit(
+            train_samples, select=oracle()
+        )
+    with pytest.raises(AnomapError, match="other test images"):
+        PBAS(**TINY, epochs=4, checkpoint_dir=folder, resume=True).fit(
+            train_samples, select=OracleSelection(test[1:])
+        )
 
 
 @pytest.mark.parametrize("dims", [{}, {"target_dim": 96}, {"target_dim": 32}])

@@ -18,6 +18,7 @@ import torch
 
 from anomap.data.samples import Sample
 from anomap.errors import DataError
+from anomap.methods.training import fingerprint
 from anomap.metrics import image_auroc, pixel_auroc
 
 
@@ -40,7 +41,10 @@ class NormalValidation:
 class OracleSelection:
     """An epoch-end callback that keeps the weights of the epoch with the best
     I-AUROC + P-AUROC on `test` (strictly better replaces, as in the reference code);
-    `restore` puts them back after training."""
+    `restore` puts them back after training. Its state goes into training checkpoints, so an
+    interrupted run resumes with the choice it had made."""
+
+    checkpoint_key = "oracle"
 
     def __init__(self, test: list[Sample], *, every: int = 1, epochs: int | None = None) -> None:
         """`every` > 1 scores only every `every`-th epoch (and the last of `epochs`), a
@@ -51,7 +55,9 @@ class OracleSelection:
         self.test = test
         self.every = every
         self.epochs = epochs
-        self.seconds = 0.0  # spent scoring, so benchmarks can report training time without it
+        # spent scoring in this process (not saved in checkpoints), so benchmarks can report
+        # training time without it
+        self.seconds = 0.0
         self.labels = labels
         self.best_score = -np.inf
         self.best_epoch: int | None = None
@@ -96,6 +102,24 @@ class OracleSelection:
             self.best_score = float(score)
             self.best_epoch = epoch
             self.best_state = {k: v.clone() for k, v in detector.state_tensors().items()}
+
+    def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The best epoch's weights, and the choice so far as JSON."""
+        meta = {
+            "test_fingerprint": fingerprint(self.test),
+            "best_score": None if self.best_epoch is None else self.best_score,
+            "best_epoch": self.best_epoch,
+            "curve": self.curve,
+        }
+        return dict(self.best_state or {}), meta
+
+    def load_checkpoint_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        if meta["test_fingerprint"] != fingerprint(self.test):
+            raise DataError("its oracle scored other test images than this run's")
+        self.best_epoch = meta["best_epoch"]
+        self.best_score = -np.inf if self.best_epoch is None else meta["best_score"]
+        self.best_state = tensors or None
+        self.curve[:] = meta["curve"]  # in place: callers may hold the list
 
     def restore(self, detector: Any) -> None:
         """Load the best epoch's weights into `detector` and label it as oracle-selected."""

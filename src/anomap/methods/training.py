@@ -83,17 +83,22 @@ def storable(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().reshape(v.shape or (1,)) for k, v in tensors.items()}
 
 
+def fingerprint(samples: list[Sample]) -> str:
+    """A digest of the samples' paths in order: which images a saved state was made from."""
+    return hashlib.sha256("\n".join(str(s.path) for s in samples).encode()).hexdigest()
+
+
 class Checkpoint:
     """Resumable training state in `folder/checkpoint.safetensors`, replaced atomically: the
-    model tensors, both optimisers, the completed epoch count, the loss history and the RNG
-    states (torch, CUDA, numpy, python), as safetensors plus JSON; no pickle. A checkpoint is
-    only resumed by a run with the same settings (except `RESUMABLE_CHANGES`) on the same
-    training images in the same order."""
+    model tensors, both optimisers, the completed epoch count, the loss history, the RNG
+    states (torch, CUDA, numpy, python) and the state of every epoch-end callback that has a
+    `checkpoint_key` (the oracle's best epoch so far), as safetensors plus JSON; no pickle. A
+    checkpoint is only resumed by a run with the same settings (except `RESUMABLE_CHANGES`)
+    on the same training images in the same order."""
 
     def __init__(self, folder: Path, train: list[Sample]) -> None:
         self.path = folder / CHECKPOINT_FILE
-        paths = "\n".join(str(sample.path) for sample in train)
-        self.fingerprint = hashlib.sha256(paths.encode()).hexdigest()
+        self.fingerprint = fingerprint(train)
 
     def save(
         self,
@@ -116,6 +121,10 @@ class Checkpoint:
             groups[name] = state["param_groups"]
         rng_tensors, rng_meta = _rng_state(detector._device)
         tensors.update(rng_tensors)
+        callbacks = {}
+        for key, callback in _stateful_callbacks(detector).items():
+            callback_tensors, callbacks[key] = callback.checkpoint_state()
+            tensors.update({f"callback.{key}.{k}": v for k, v in callback_tensors.items()})
         meta = {
             "kind": CHECKPOINT_KIND,
             "method": detector.method,
@@ -126,6 +135,7 @@ class Checkpoint:
             "param_groups": groups,
             "rng": rng_meta,
             "scalars": scalars,  # saved as shape (1,), see storable
+            "callbacks": callbacks,
         }
         write_artifact(self.path, storable(tensors), meta)
 
@@ -149,6 +159,19 @@ class Checkpoint:
             optimiser.load_state_dict({"state": state, "param_groups": meta["param_groups"][name]})
         detector.history = list(meta["history"])
         _set_rng_state(strip_prefix(tensors, "rng."), meta["rng"], detector._device)
+        saved = meta.get("callbacks", {})
+        for key, callback in _stateful_callbacks(detector).items():
+            if key not in saved:
+                raise AnomapError(
+                    f"checkpoint {self.path} was made without {key} selection, so a resumed "
+                    "run could only choose among the epochs after it; train afresh"
+                )
+            try:
+                callback.load_checkpoint_state(
+                    strip_prefix(tensors, f"callback.{key}."), saved[key]
+                )
+            except AnomapError as error:
+                raise AnomapError(f"checkpoint {self.path}: {error}") from None
         return int(meta["epochs_done"])
 
     def _check_compatible(self, detector: EpochTrainedDetector, meta: dict[str, Any]) -> None:
@@ -170,6 +193,12 @@ class Checkpoint:
                 f"{where} has {meta['epochs_done']} epochs done, more than epochs="
                 f"{detector.config.epochs}"
             )
+
+
+def _stateful_callbacks(detector: EpochTrainedDetector) -> dict[str, Any]:
+    return {
+        c.checkpoint_key: c for c in detector.epoch_end_callbacks if hasattr(c, "checkpoint_key")
+    }
 
 
 def _resume_relevant(config: dict[str, Any]) -> dict[str, Any]:
