@@ -15,6 +15,9 @@
 # left of DEADLINE seconds, counted from the start). The finishing run alone, about 5 minutes:
 #   BENCH_METHODS=none PROFILE_METHODS=none GLASS_RUNS=fast:640 EVAL_EVERY=160 DEADLINE=400 \
 #     bash benchmarks/gpu_checks.sh
+# GLASS runs keep checkpoints in .gpu/checkpoints and resume from them; a copy comes back in
+# $OUT/checkpoints, so a run cut short by the time limit continues in a later call after
+# copying it back to .gpu/checkpoints (carried with .gpu).
 set -u
 OUT=${OUT:-/tmp/anomap_gpu}
 PY=${PYTHON:-python3}
@@ -40,6 +43,8 @@ if [ "${PROFILE_METHODS:-}" != none ]; then
 fi
 glass_seconds=${GLASS_SECONDS:-$(( ${DEADLINE:-570} - (SECONDS - start) ))}
 timeout "$glass_seconds" "$PY" benchmarks/glass_gpu.py --data .gpu/data --out "$OUT" \
-    --device "$DEVICE" --runs ${GLASS_RUNS:-paper:4 fast-fp32:4 fast:640} --eval-every "${EVAL_EVERY:-40}"
+    --device "$DEVICE" --runs ${GLASS_RUNS:-paper:4 fast-fp32:4 fast:640} --eval-every "${EVAL_EVERY:-40}" \
+    --checkpoints .gpu/checkpoints
 echo "glass rc $? after $((SECONDS - start)) s"
+cp -r .gpu/checkpoints "$OUT/" 2>/dev/null
 cat "$OUT"/speed_cuda.md "$OUT"/profile_cuda.md "$OUT"/glass_gpu.md 2>/dev/null

@@ -114,3 +114,26 @@ def test_a_fold_that_changes_outputs_is_not_kept():
     assert fold_batch_norms(copy.deepcopy(model)) == 1  # the naive rule would fold it
     kept, count = folded_copy(model)
     assert kept is model and count == 0
+
+
+def test_remembering_runs_each_registered_batch_once():
+    extractor = load_backbone("efficientnet_lite0")
+    calls = []
+    extractor.model.register_forward_hook(lambda *args: calls.append(1))
+    batches = [torch.randn(2, 3, 64, 64), torch.randn(3, 3, 64, 64)]
+    expected = [extractor(b) for b in batches]
+    memory: dict = {}
+    calls.clear()
+    for _ in range(3):
+        with extractor.remembering(batches, memory):
+            got = [extractor(b) for b in batches]
+            extractor(batches[0][:1])  # a slice shares the address, not the identity
+        for g, e in zip(got, expected, strict=True):
+            assert all(torch.equal(x, y) for x, y in zip(g, e, strict=True))
+    assert len(calls) == 2 + 3  # each batch once, the slice every time
+    with extractor.remembering(batches, memory), torch.autocast("cpu", dtype=torch.bfloat16):
+        reduced = extractor(batches[0])
+    assert reduced[0].dtype == torch.bfloat16 and len(calls) == 6  # its own entry
+    calls.clear()
+    extractor(batches[0])  # outside the block, nothing is remembered
+    assert len(calls) == 1

@@ -165,6 +165,24 @@ def test_resume_keeps_the_oracles_choice(train_samples, synth_root, tmp_path):
         )
 
 
+def test_oracle_scores_remembered_features_as_fresh_ones(train_samples, synth_root):
+    """The oracle runs the frozen backbone on the test set once and reuses its features; its
+    scores must equal a fresh scoring of the same weights at every epoch."""
+    test = list(discover(synth_root)[0].test)
+    fresh_curve = []
+
+    def score_afresh(detector, epoch, losses):  # runs before the oracle, on the same weights
+        fresh = OracleSelection(test)
+        fresh(detector, epoch, losses)
+        fresh_curve.extend(fresh.curve)
+
+    oracle = OracleSelection(test)
+    detector = PBAS(**TINY, epochs=3)
+    detector.epoch_end_callbacks.append(score_afresh)
+    detector.fit(train_samples, select=oracle)
+    assert len(fresh_curve) == 3 and oracle.curve == fresh_curve
+
+
 @pytest.mark.parametrize("dims", [{}, {"target_dim": 96}, {"target_dim": 32}])
 def test_folded_inference_head_equals_the_modules(dims):
     torch.manual_seed(0)

@@ -42,7 +42,9 @@ class OracleSelection:
     """An epoch-end callback that keeps the weights of the epoch with the best
     I-AUROC + P-AUROC on `test` (strictly better replaces, as in the reference code);
     `restore` puts them back after training. Its state goes into training checkpoints, so an
-    interrupted run resumes with the choice it had made."""
+    interrupted run resumes with the choice it had made. The test set's backbone features are
+    computed once and kept on the detector's device for the whole training (about 4 MB per
+    test image with WRN-50 at 288², 0.2 MB with Lite0 at 224²)."""
 
     checkpoint_key = "oracle"
 
@@ -63,7 +65,10 @@ class OracleSelection:
         self.best_epoch: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
         self.curve: list[float] = []
+        # the test batches on the detector's device, and their backbone features: the
+        # backbone is frozen, so after the first scoring only the trained head runs
         self._images: list[torch.Tensor] | None = None
+        self._features: dict[Any, list[torch.Tensor]] = {}
         self._masks: np.ndarray | None = None
 
     def _load(self, detector: Any) -> None:
@@ -73,7 +78,7 @@ class OracleSelection:
         items = [dataset[i] for i in range(len(dataset))]
         size = detector.config.batch_size
         self._images = [
-            torch.stack([item["image"] for item in items[i : i + size]])
+            torch.stack([item["image"] for item in items[i : i + size]]).to(detector._device)
             for i in range(0, len(items), size)
         ]
         if any(s.mask_path is not None for s in self.test):
@@ -90,10 +95,11 @@ class OracleSelection:
         if self._images is None:
             self._load(detector)
         scores, maps = [], []
-        for images in self._images:
-            batch_scores, batch_maps = detector.predict_tensor(images.to(detector._device))
-            scores.append(batch_scores.float().cpu().numpy())
-            maps.append(batch_maps.float().cpu().numpy())
+        with detector.backbone.remembering(self._images, self._features):
+            for images in self._images:
+                batch_scores, batch_maps = detector.predict_tensor(images)
+                scores.append(batch_scores.float().cpu().numpy())
+                maps.append(batch_maps.float().cpu().numpy())
         score = image_auroc(self.labels, np.concatenate(scores))
         if self._masks is not None:
             score += pixel_auroc(self._masks, np.concatenate(maps))
