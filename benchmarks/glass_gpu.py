@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 import traceback
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -66,16 +68,26 @@ def _progress(name: str, every: int, log: Path | None):
 
 def _segments(log: Path, category: str) -> list[dict[str, Any]]:
     """The processes that trained `category` (more than one when resumed): when each
-    started, its first and last epoch, and its seconds to that last epoch end."""
-    segments: dict[str, dict[str, Any]] = {}
+    started, its first and last epoch, its seconds to that last epoch end, and the median
+    time between its epoch ends (robust to a pause or a busy stretch of a shared machine)."""
+    ends: dict[str, list[dict[str, Any]]] = {}
     for line in log.read_text().splitlines():
         entry = json.loads(line)
         if entry["categories"] == [category]:
-            segment = segments.setdefault(
-                entry["started"], {"started": entry["started"], "first_epoch": entry["epoch"]}
-            )
-            segment.update(last_epoch=entry["epoch"], seconds=entry["seconds"])
-    return list(segments.values())
+            ends.setdefault(entry["started"], []).append(entry)
+    segments = []
+    for started, entries in ends.items():
+        gaps = [b["seconds"] - a["seconds"] for a, b in pairwise(entries)]
+        segment = {
+            "started": started,
+            "first_epoch": entries[0]["epoch"],
+            "last_epoch": entries[-1]["epoch"],
+            "seconds": entries[-1]["seconds"],
+        }
+        if gaps:
+            segment["median_epoch_seconds"] = statistics.median(gaps)
+        segments.append(segment)
+    return segments
 
 
 def run(
@@ -132,11 +144,14 @@ def _geometry_text(settings: dict[str, Any]) -> str:
 
 def _segments_text(run: str, category: str, row: dict[str, Any]) -> str:
     """A run resumed across processes, in words: the row's times are its last process's."""
-    parts = [
-        f"epochs {s['first_epoch']}–{s['last_epoch']} in {s['seconds']:.0f} s "
-        f"(started {s['started']})"
-        for s in row["segments"]
-    ]
+    parts = []
+    for segment in row["segments"]:
+        median = segment.get("median_epoch_seconds")
+        parts.append(
+            f"epochs {segment['first_epoch']}–{segment['last_epoch']} in "
+            f"{segment['seconds']:.0f} s (started {segment['started']}"
+            + (f", median epoch {median:.1f} s)" if median is not None else ")")
+        )
     total = sum(s["seconds"] for s in row["segments"])
     return (
         f"{run} on {category} was trained by {len(parts)} processes, each resuming from the "
