@@ -56,10 +56,8 @@ def _progress(name: str, every: int, log: Path | None):
             with log.open("a") as lines:
                 lines.write(json.dumps(entry) + "\n")
         if done == 1 or done % every == 0 or done == detector.config.epochs:
+            # `oracle`: test I-AUROC + P-AUROC, on the epochs the oracle scores
             loss = " ".join(f"{k} {v:.4g}" for k, v in losses.items())
-            curve = detector.training_info.get("oracle_curve")
-            if curve and done % every == 0:  # the oracle has just scored this epoch
-                loss += f"; test I-AUROC + P-AUROC {curve[-1]:.4f}"
             seconds = time.perf_counter() - start
             print(f"{name}: epoch {done} at {seconds:.1f} s; {loss}", flush=True)
 

@@ -180,6 +180,10 @@ def test_glass_oracle_selection_is_labelled(synth_root, tmp_path):
         "--out",
         tmp_path,
     )
+    history = json.loads((tmp_path / "pill" / "history.json").read_text())["epochs"]
+    assert [e["epoch"] for e in history] == [1, 2]
+    assert all({"loss", "oracle"} <= set(e) for e in history)  # oracle: I-AUROC + P-AUROC
+    assert all(0 < e["oracle"] <= 2 for e in history)
     run("test", "--model", tmp_path, *args, "--out", tmp_path / "test")
     metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())
     assert metrics["training"]["pill"]["selection"] == "oracle"

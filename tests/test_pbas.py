@@ -138,3 +138,8 @@ def test_normal_validation_adds_to_history(tmp_path):
     detector = PBAS(**settings, validate_every=1, val_fraction=0.2).fit(train)
     assert all({"val_mean", "val_q99"} <= set(entry) for entry in detector.history)
     assert detector.history[0]["val_q99"] >= detector.history[0]["val_mean"] > 0
+    # the last epoch's entry, from remembered features, is what predict gives afresh
+    _, held_out = detector._split(train, None)
+    scores = detector.predict(held_out).scores
+    assert detector.history[-1]["val_mean"] == float(np.mean(scores))
+    assert detector.history[-1]["val_q99"] == float(np.quantile(scores, 0.99))

@@ -22,6 +22,7 @@ app = typer.Typer(
 )
 
 MODEL_FILE = "model.safetensors"
+HISTORY_FILE = "history.json"  # per-epoch losses (and validation, oracle scores) of a training
 
 Quiet = typer.Option(False, "--quiet", "-q", help="No progress bars or tables.")
 AsJson = typer.Option(False, "--json", help="Print the result as JSON (for scripts).")
@@ -153,6 +154,7 @@ def train(
 
     from anomap.data.layouts import discover
     from anomap.methods import get_method
+    from anomap.report import write_text_atomic
     from anomap.selection import OracleSelection
 
     _setup(quiet)
@@ -201,6 +203,11 @@ def train(
             "seconds": seconds,
             **detector.training_info,
         }
+        if getattr(detector, "history", None):
+            epochs = [{"epoch": i + 1, **entry} for i, entry in enumerate(detector.history)]
+            history = folder / HISTORY_FILE
+            write_text_atomic(json.dumps({"epochs": epochs}, indent=1), history)
+            summary[name]["history"] = str(history)
         if not quiet and not as_json:
             note = ""
             if oracle is not None:

@@ -22,26 +22,65 @@ from anomap.methods.training import fingerprint
 from anomap.metrics import image_auroc, pixel_auroc
 
 
+class FixedBatches:
+    """Images scored again after many training epochs: decoded once and kept on the
+    detector's device, with their backbone features (the backbone is frozen), so each later
+    scoring runs only the trained head. Gives what `predict_tensor` gives on them."""
+
+    def __init__(self, samples: list[Sample]) -> None:
+        self.samples = samples
+        self.images: list[torch.Tensor] | None = None
+        self.masks: np.ndarray | None = None  # N×H×W booleans, when the samples have masks
+        self._features: dict[Any, list[torch.Tensor]] = {}
+
+    def _load(self, detector: Any) -> None:
+        from anomap.data.dataset import ImageDataset
+
+        dataset = ImageDataset(self.samples, detector.preprocess)
+        items = [dataset[i] for i in range(len(dataset))]
+        size = detector.config.batch_size
+        self.images = [
+            torch.stack([item["image"] for item in items[i : i + size]]).to(detector._device)
+            for i in range(0, len(items), size)
+        ]
+        if any(s.mask_path is not None for s in self.samples):
+            self.masks = np.stack([item["mask"][0].numpy() > 0.5 for item in items])
+
+    def score(self, detector: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Image scores (N) and smoothed maps (N×H×W) of the detector as it is now."""
+        if self.images is None:
+            self._load(detector)
+        assert self.images is not None
+        scores, maps = [], []
+        with detector.backbone.remembering(self.images, self._features):
+            for images in self.images:
+                batch_scores, batch_maps = detector.predict_tensor(images)
+                scores.append(batch_scores.float().cpu().numpy())
+                maps.append(batch_maps.float().cpu().numpy())
+        return np.concatenate(scores), np.concatenate(maps)
+
+
 class NormalValidation:
     """Every `every` epochs, score the held-out normal images and add their mean and 99th
     percentile score to that epoch's history entry (`val_mean`, `val_q99`): a convergence
     signal that needs no anomalous image."""
 
     def __init__(self, held_out: list[Sample], every: int) -> None:
-        self.held_out = held_out
+        self.held_out = FixedBatches(held_out)
         self.every = every
 
     def __call__(self, detector: Any, epoch: int, losses: dict[str, float]) -> None:
         if (epoch + 1) % self.every:
             return
-        scores = detector.predict(self.held_out).scores
+        scores, _ = self.held_out.score(detector)
         losses.update(val_mean=float(np.mean(scores)), val_q99=float(np.quantile(scores, 0.99)))
 
 
 class OracleSelection:
     """An epoch-end callback that keeps the weights of the epoch with the best
     I-AUROC + P-AUROC on `test` (strictly better replaces, as in the reference code);
-    `restore` puts them back after training. Its state goes into training checkpoints, so an
+    `restore` puts them back after training, and each scored epoch's history entry gets its
+    score (`oracle`). Its state goes into training checkpoints, so an
     interrupted run resumes with the choice it had made. The test set's backbone features are
     computed once and kept on the detector's device for the whole training (about 4 MB per
     test image with WRN-50 at 288², 0.2 MB with Lite0 at 224²)."""
@@ -65,24 +104,7 @@ class OracleSelection:
         self.best_epoch: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
         self.curve: list[float] = []
-        # the test batches on the detector's device, and their backbone features: the
-        # backbone is frozen, so after the first scoring only the trained head runs
-        self._images: list[torch.Tensor] | None = None
-        self._features: dict[Any, list[torch.Tensor]] = {}
-        self._masks: np.ndarray | None = None
-
-    def _load(self, detector: Any) -> None:
-        from anomap.data.dataset import ImageDataset
-
-        dataset = ImageDataset(self.test, detector.preprocess)
-        items = [dataset[i] for i in range(len(dataset))]
-        size = detector.config.batch_size
-        self._images = [
-            torch.stack([item["image"] for item in items[i : i + size]]).to(detector._device)
-            for i in range(0, len(items), size)
-        ]
-        if any(s.mask_path is not None for s in self.test):
-            self._masks = np.stack([item["mask"][0].numpy() > 0.5 for item in items])
+        self._batches = FixedBatches(test)
 
     def __call__(self, detector: Any, epoch: int, losses: dict[str, float]) -> None:
         if (epoch + 1) % self.every and epoch + 1 != self.epochs:
@@ -90,19 +112,13 @@ class OracleSelection:
         start = time.perf_counter()
         self._score(detector, epoch)
         self.seconds += time.perf_counter() - start
+        losses["oracle"] = self.curve[-1]  # in the epoch's history entry and progress bar
 
     def _score(self, detector: Any, epoch: int) -> None:
-        if self._images is None:
-            self._load(detector)
-        scores, maps = [], []
-        with detector.backbone.remembering(self._images, self._features):
-            for images in self._images:
-                batch_scores, batch_maps = detector.predict_tensor(images)
-                scores.append(batch_scores.float().cpu().numpy())
-                maps.append(batch_maps.float().cpu().numpy())
-        score = image_auroc(self.labels, np.concatenate(scores))
-        if self._masks is not None:
-            score += pixel_auroc(self._masks, np.concatenate(maps))
+        scores, maps = self._batches.score(detector)
+        score = image_auroc(self.labels, scores)
+        if self._batches.masks is not None:
+            score += pixel_auroc(self._batches.masks, maps)
         self.curve.append(float(score))
         if score > self.best_score:
             self.best_score = float(score)
