@@ -188,7 +188,9 @@ def test_glass_oracle_selection_is_labelled(synth_root, tmp_path):
     metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())
     assert metrics["training"]["pill"]["selection"] == "oracle"
     assert "ORACLE" in (tmp_path / "test" / "metrics.md").read_text()
-    assert "procedural textures" in (tmp_path / "test" / "report.html").read_text()
+    page = (tmp_path / "test" / "report.html").read_text()
+    assert "procedural textures" in page
+    assert "<h2>Training</h2>" in page and "oracle: " in page  # from history.json
     bad = run(
         "train",
         "--method",

@@ -17,6 +17,7 @@ from anomap.report import (
     overlay,
     panel,
     save_png_atomic,
+    training_curves_svg,
     write_text_atomic,
 )
 
@@ -231,3 +232,32 @@ def test_html_report_without_images_or_metrics(tmp_path):
     html_report(path, title="t", summary={}, metrics={}, columns=[], images=[], notes=["n1"])
     page = path.read_text(encoding="utf-8")
     assert "<img" not in page and "No heat maps" in page and "<li>n1</li>" in page
+
+
+def test_training_curves_one_chart_per_series_on_its_own_scale():
+    epochs = [
+        {"epoch": 1, "loss": 2.0, "oracle": 1.5},
+        {"epoch": 2, "loss": 1.0},
+        {"epoch": 3, "loss": float("nan")},
+        {"epoch": 4, "loss": 0.5, "oracle": 1.9},
+    ]
+    charts = dict(training_curves_svg(epochs))
+    loss, oracle = charts  # captions, in first-seen order
+    assert loss == "loss: 0.5 at epoch 4 (range 0.5 to 2)"
+    assert oracle == "oracle: 1.9 at epoch 4 (range 1.5 to 1.9)"
+    # loss: epochs 1..4 across the width, 2.0 at the top and 0.5 at the bottom, NaN left out
+    assert 'points="6.0,6.0 95.3,71.3 274.0,104.0"' in charts[loss]
+    assert 'points="6.0,104.0 274.0,6.0"' in charts[oracle]  # only the scored epochs
+    assert training_curves_svg([{"epoch": 1, "loss": float("nan")}]) == []
+
+
+def test_html_report_draws_each_models_training_history(tmp_path):
+    path = tmp_path / "report.html"
+    history = [{"epoch": 1, "loss": 1.0}, {"epoch": 2, "loss": 0.8}]
+    kwargs = {"title": "t", "summary": {}, "metrics": ROWS, "columns": ["image_auroc"]}
+    html_report(path, **kwargs, images=[], histories={"<bottle>": history})
+    page = path.read_text(encoding="utf-8")
+    assert "<h2>Training</h2>" in page and "<h3>&lt;bottle&gt;</h3>" in page
+    assert page.count("<svg ") == 1 and "loss: 0.8 at epoch 2" in page
+    html_report(path, **kwargs, images=[])
+    assert "Training" not in path.read_text(encoding="utf-8")

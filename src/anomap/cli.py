@@ -252,11 +252,14 @@ def test(
     out = out or (model if model.is_dir() else model.parent) / "test"
     results = {}
     training = {}
+    histories: dict[str, Any] = {}  # model name -> its history.json epochs, once per model
     detector = None
     for cat in discover(data, layout=layout, categories=category or None):
-        detector = load(
-            _pick_model(files, cat.name), weights=weights, device=device, precision=precision
-        )
+        picked = _pick_model(files, cat.name)
+        detector = load(picked, weights=weights, device=device, precision=precision)
+        history = picked.parent / HISTORY_FILE
+        if history.is_file() and picked.parent.name not in histories:
+            histories[picked.parent.name] = json.loads(history.read_text())["epochs"]
         training[cat.name] = detector.training_info
         results[cat.name] = evaluate_category(
             detector, cat, pro_variant=pro, overlay_dir=out / "overlays", max_overlays=overlays
@@ -302,6 +305,7 @@ def test(
         columns=columns,
         images=images,
         notes=notes,
+        histories=histories,
     )
     _print(
         payload,

@@ -444,8 +444,52 @@ padding:.5rem;box-shadow:0 1px 2px rgba(0,0,0,.05)}
 figure img{display:block;width:100%;height:auto;border-radius:3px}
 figcaption{font-size:.82rem;color:var(--muted);margin-top:.35rem;overflow-wrap:anywhere}
 .empty{color:var(--muted)}
+h3{font-size:1rem;margin:1.2rem 0 .5rem;font-weight:600}
+.curves{display:flex;flex-wrap:wrap;gap:.8rem}
+.curves figure{width:calc(280px + 1rem)}
 footer{margin-top:2.5rem;color:var(--muted);font-size:.8rem}
 """
+
+
+def training_curves_svg(epochs: Sequence[dict[str, float]]) -> list[tuple[str, str]]:
+    """One small inline SVG line chart per series of a training history (`history.json`'s
+    epochs: losses, `val_mean`, `oracle` …), each on its own scale, as (caption, svg) pairs.
+    Series recorded only every N epochs are drawn through the epochs that have them."""
+    width, height, pad = 280, 110, 6
+    names = list(dict.fromkeys(k for e in epochs for k in e if k != "epoch"))
+    charts = []
+    for name in names:
+        points = [(e["epoch"], float(e[name])) for e in epochs if name in e]
+        values = [v for _, v in points if math.isfinite(v)]
+        if not values:
+            continue
+        first, last = points[0][0], points[-1][0]
+        low, high = min(values), max(values)
+        span_x, span_y = max(last - first, 1), (high - low) or 1.0
+        scaled = [
+            (
+                pad + (width - 2 * pad) * (epoch - first) / span_x,
+                height - pad - (height - 2 * pad) * (value - low) / span_y,
+            )
+            for epoch, value in points
+            if math.isfinite(value)
+        ]
+        line = " ".join(f"{a:.1f},{b:.1f}" for a, b in scaled)
+        dots = "".join(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="2"/>' for a, b in scaled)
+        dots = dots if len(scaled) <= 40 else ""
+        caption = (
+            f"{name}: {_format_number(points[-1][1])} at epoch {last} "
+            f"(range {_format_number(low)} to {_format_number(high)})"
+        )
+        svg = (
+            f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+            f'role="img" aria-label="{html.escape(caption, quote=True)}">'
+            f'<rect width="{width}" height="{height}" fill="#fafbfc" stroke="#dde1e8"/>'
+            f'<polyline points="{line}" fill="none" stroke="#3554d1" stroke-width="1.6"/>'
+            f'<g fill="#3554d1">{dots}</g></svg>'
+        )
+        charts.append((caption, svg))
+    return charts
 
 
 def _default_notes(columns: Sequence[str]) -> list[str]:
@@ -471,11 +515,13 @@ def html_report(
     columns: Sequence[str],
     images: Sequence[tuple[str, str]],
     notes: Sequence[str] | None = None,
+    histories: dict[str, Sequence[dict[str, float]]] | None = None,
 ) -> None:
     """Write one HTML page at `path`: title and `summary` facts (method, backbone, data…),
     the metrics table in percent (with a mean row for two or more categories), `notes`
-    under it (None: explain the oracle / learnt-threshold columns present), and a grid of
-    `images`, each (caption, PNG path relative to the page).
+    under it (None: explain the oracle / learnt-threshold columns present), a grid of
+    `images`, each (caption, PNG path relative to the page), and for each of `histories`
+    (model name -> its training history's epochs) a row of training curves.
 
     Inline CSS only: no script, no external resource; all text is HTML-escaped.
     """
@@ -521,6 +567,16 @@ def html_report(
         else '<p class="empty">No heat maps were written.</p>'
     )
 
+    training_html = ""
+    for name, epochs in (histories or {}).items():
+        charts = "".join(
+            f"<figure>{svg}<figcaption>{esc(caption)}</figcaption></figure>"
+            for caption, svg in training_curves_svg(epochs)
+        )
+        training_html += f'<h3>{esc(name)}</h3><div class="curves">{charts}</div>'
+    if training_html:
+        training_html = f"<section><h2>Training</h2>{training_html}</section>\n"
+
     page = (
         "<!doctype html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
@@ -529,6 +585,7 @@ def html_report(
         f"<body><main><header><h1>{esc(title)}</h1><dl>{facts}</dl></header>\n"
         f"<section><h2>Metrics (%)</h2>{metrics_html}{notes_html}</section>\n"
         f"<section><h2>Heat maps</h2>{images_html}</section>\n"
+        f"{training_html}"
         f"<footer>Written by anomap {esc(__version__)}.</footer></main></body></html>\n"
     )
     write_text_atomic(page, path)
