@@ -23,15 +23,17 @@ from anomap.metrics import image_auroc, pixel_auroc
 
 
 class FixedBatches:
-    """Images scored again after many training epochs: decoded once and kept on the
-    detector's device, with their backbone features (the backbone is frozen), so each later
-    scoring runs only the trained head. Gives what `predict_tensor` gives on them."""
+    """Images scored again after many training epochs: decoded once, and their backbone
+    features computed once (the backbone is frozen), so each later scoring runs only the
+    trained head. Both stay in host memory and go to the detector's device a batch at a
+    time, so a GPU holds no more than one batch of them. Gives what `predict_tensor` gives."""
 
     def __init__(self, samples: list[Sample]) -> None:
         self.samples = samples
         self.images: list[torch.Tensor] | None = None
         self.masks: np.ndarray | None = None  # N×H×W booleans, when the samples have masks
-        self._features: dict[Any, list[torch.Tensor]] = {}
+        # batch index -> {(0, autocast dtype): that batch's features}, as `remembering` keeps
+        self._features: dict[int, dict[Any, list[torch.Tensor]]] = {}
 
     def _load(self, detector: Any) -> None:
         from anomap.data.dataset import ImageDataset
@@ -40,7 +42,7 @@ class FixedBatches:
         items = [dataset[i] for i in range(len(dataset))]
         size = detector.config.batch_size
         self.images = [
-            torch.stack([item["image"] for item in items[i : i + size]]).to(detector._device)
+            torch.stack([item["image"] for item in items[i : i + size]])
             for i in range(0, len(items), size)
         ]
         if any(s.mask_path is not None for s in self.samples):
@@ -51,12 +53,17 @@ class FixedBatches:
         if self.images is None:
             self._load(detector)
         assert self.images is not None
+        device = detector._device
         scores, maps = [], []
-        with detector.backbone.remembering(self.images, self._features):
-            for images in self.images:
-                batch_scores, batch_maps = detector.predict_tensor(images)
-                scores.append(batch_scores.float().cpu().numpy())
-                maps.append(batch_maps.float().cpu().numpy())
+        for index, images in enumerate(self.images):
+            batch = images.to(device)
+            known = self._features.get(index, {})
+            memory = {key: [f.to(device) for f in fs] for key, fs in known.items()}
+            with detector.backbone.remembering([batch], memory):
+                batch_scores, batch_maps = detector.predict_tensor(batch)
+            self._features[index] = {key: [f.cpu() for f in fs] for key, fs in memory.items()}
+            scores.append(batch_scores.float().cpu().numpy())
+            maps.append(batch_maps.float().cpu().numpy())
         return np.concatenate(scores), np.concatenate(maps)
 
 
@@ -82,8 +89,8 @@ class OracleSelection:
     `restore` puts them back after training, and each scored epoch's history entry gets its
     score (`oracle`). Its state goes into training checkpoints, so an
     interrupted run resumes with the choice it had made. The test set's backbone features are
-    computed once and kept on the detector's device for the whole training (about 4 MB per
-    test image with WRN-50 at 288², 0.2 MB with Lite0 at 224²)."""
+    computed once and kept in host memory for the whole training (about 4 MB per test image
+    with WRN-50 at 288², 0.2 MB with Lite0 at 224²)."""
 
     checkpoint_key = "oracle"
 
