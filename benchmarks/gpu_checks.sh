@@ -17,7 +17,7 @@
 #     bash benchmarks/gpu_checks.sh
 # GLASS runs keep checkpoints in .gpu/checkpoints and resume from them; a copy comes back in
 # $OUT/checkpoints, so a run cut short by the time limit continues in a later call after
-# copying it back to .gpu/checkpoints (carried with .gpu).
+# copying it back to .gpu/checkpoints (carried with .gpu); remove that folder to start afresh.
 set -u
 OUT=${OUT:-/tmp/anomap_gpu}
 PY=${PYTHON:-python3}
