@@ -593,6 +593,7 @@ def main() -> None:
     )
     sections.append(("Where the predict path's time goes (GPU profile)", "profile_cuda.md"))
     sections.append(("GLASS on the GPU: one real category", "glass_gpu.md"))
+    sections.append(("GLASS on the CPU: one real category", "glass_cpu.md"))
     sections.append(
         ("GLASS on the CPU: the full 640 epochs on one synth category", "glass_cpu_synth.md")
     )
