@@ -191,6 +191,9 @@ def test_glass_oracle_selection_is_labelled(synth_root, tmp_path):
     page = (tmp_path / "test" / "report.html").read_text()
     assert "procedural textures" in page
     assert "<h2>Training</h2>" in page and "oracle: " in page  # from history.json
+    (tmp_path / "pill" / "history.json").write_text("{not json")
+    run("test", "--model", tmp_path, *args, "--out", tmp_path / "test2", "--overlays", "0")
+    assert "<h2>Training</h2>" not in (tmp_path / "test2" / "report.html").read_text()
     bad = run(
         "train",
         "--method",

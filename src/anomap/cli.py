@@ -252,14 +252,15 @@ def test(
     out = out or (model if model.is_dir() else model.parent) / "test"
     results = {}
     training = {}
-    histories: dict[str, Any] = {}  # model name -> its history.json epochs, once per model
+    histories: dict[str, Any] = {}  # model folder -> its history.json epochs
     detector = None
     for cat in discover(data, layout=layout, categories=category or None):
         picked = _pick_model(files, cat.name)
         detector = load(picked, weights=weights, device=device, precision=precision)
-        history = picked.parent / HISTORY_FILE
-        if history.is_file() and picked.parent.name not in histories:
-            histories[picked.parent.name] = json.loads(history.read_text())["epochs"]
+        if picked.parent.name not in histories:
+            epochs = _training_history(picked.parent / HISTORY_FILE)
+            if epochs:
+                histories[picked.parent.name] = epochs
         training[cat.name] = detector.training_info
         results[cat.name] = evaluate_category(
             detector, cat, pro_variant=pro, overlay_dir=out / "overlays", max_overlays=overlays
@@ -314,6 +315,15 @@ def test(
         if quiet
         else f"{table}\nwrote {out}/metrics.json, {out}/metrics.md, {out}/report.html",
     )
+
+
+def _training_history(path: Path) -> list[dict[str, float]]:
+    """The epochs of a `history.json` beside a model, for the report's curves; none when the
+    file is missing or unreadable (the report is still written, without curves)."""
+    try:
+        return list(json.loads(path.read_text(encoding="utf-8"))["epochs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def _training_notes(training: dict[str, dict[str, Any]]) -> list[str]:

@@ -87,10 +87,10 @@ class OracleSelection:
     """An epoch-end callback that keeps the weights of the epoch with the best
     I-AUROC + P-AUROC on `test` (strictly better replaces, as in the reference code);
     `restore` puts them back after training, and each scored epoch's history entry gets its
-    score (`oracle`). Its state goes into training checkpoints, so an
-    interrupted run resumes with the choice it had made. The test set's backbone features are
-    computed once and kept in host memory for the whole training (about 4 MB per test image
-    with WRN-50 at 288², 0.2 MB with Lite0 at 224²)."""
+    score (`oracle`). Its state goes into training checkpoints, so an interrupted run resumes
+    with the choice it had made. The test set's backbone features are computed once and kept
+    in host memory for the whole training (about 4 MB per test image with WRN-50 at 288²,
+    0.2 MB with Lite0 at 224²)."""
 
     checkpoint_key = "oracle"
 
