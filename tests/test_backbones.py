@@ -116,24 +116,25 @@ def test_a_fold_that_changes_outputs_is_not_kept():
     assert kept is model and count == 0
 
 
-def test_remembering_runs_each_registered_batch_once():
+def test_remembering_runs_each_batch_once_per_dtype():
     extractor = load_backbone("efficientnet_lite0")
     calls = []
     extractor.model.register_forward_hook(lambda *args: calls.append(1))
     batches = [torch.randn(2, 3, 64, 64), torch.randn(3, 3, 64, 64)]
     expected = [extractor(b) for b in batches]
-    memory: dict = {}
+    memories: list[dict] = [{}, {}]
     calls.clear()
     for _ in range(3):
-        with extractor.remembering(batches, memory):
-            got = [extractor(b) for b in batches]
-            extractor(batches[0][:1])  # a slice shares the address, not the identity
-        for g, e in zip(got, expected, strict=True):
-            assert all(torch.equal(x, y) for x, y in zip(g, e, strict=True))
-    assert len(calls) == 2 + 3  # each batch once, the slice every time
-    with extractor.remembering(batches, memory), torch.autocast("cpu", dtype=torch.bfloat16):
+        for batch, memory, want in zip(batches, memories, expected, strict=True):
+            with extractor.remembering(batch, memory):
+                got = extractor(batch)
+                extractor(batch[:1])  # a slice shares the address, not the identity
+                extractor(batches[1] if batch is batches[0] else batches[0])  # another batch
+            assert all(torch.equal(x, y) for x, y in zip(got, want, strict=True))
+    assert len(calls) == 2 + 3 * 2 * 2  # each batch once; the slice and the other every time
+    with extractor.remembering(batches[0], memories[0]), torch.autocast("cpu", torch.bfloat16):
         reduced = extractor(batches[0])
-    assert reduced[0].dtype == torch.bfloat16 and len(calls) == 6  # its own entry
+    assert reduced[0].dtype == torch.bfloat16 and len(calls) == 15  # its own entry
     calls.clear()
     extractor(batches[0])  # outside the block, nothing is remembered
     assert len(calls) == 1

@@ -32,8 +32,8 @@ class FixedBatches:
         self.samples = samples
         self.images: list[torch.Tensor] | None = None
         self.masks: np.ndarray | None = None  # N×H×W booleans, when the samples have masks
-        # batch index -> {(0, autocast dtype): that batch's features}, as `remembering` keeps
-        self._features: dict[int, dict[Any, list[torch.Tensor]]] = {}
+        # batch index -> {autocast dtype: that batch's features}, as `remembering` keeps them
+        self._features: dict[int, dict[torch.dtype | None, list[torch.Tensor]]] = {}
 
     def _load(self, detector: Any) -> None:
         from anomap.data.dataset import ImageDataset
@@ -59,7 +59,7 @@ class FixedBatches:
             batch = images.to(device)
             known = self._features.get(index, {})
             memory = {key: [f.to(device) for f in fs] for key, fs in known.items()}
-            with detector.backbone.remembering([batch], memory):
+            with detector.backbone.remembering(batch, memory):
                 batch_scores, batch_maps = detector.predict_tensor(batch)
             self._features[index] = {key: [f.cpu() for f in fs] for key, fs in memory.items()}
             scores.append(batch_scores.float().cpu().numpy())

@@ -109,40 +109,36 @@ class FeatureExtractor(nn.Module):
         for param in self.parameters():
             param.requires_grad_(False)
         super().train(False)
-        # while `remembering`: each registered input's (address, shape, strides) -> its index
-        self._known: dict[tuple[int, ...], int] = {}
-        self._memory: dict[tuple[int, torch.dtype | None], list[torch.Tensor]] = {}
+        # while `remembering`: the batch's (address, shape, strides), and its features by dtype
+        self._remembered: tuple[tuple[int, ...], dict[torch.dtype | None, list[torch.Tensor]]]
+        self._remembered = ((), {})
 
     def train(self, mode: bool = True) -> FeatureExtractor:
         return self  # frozen: always eval
 
     @contextmanager
     def remembering(
-        self,
-        inputs: Sequence[torch.Tensor],
-        memory: dict[tuple[int, torch.dtype | None], list[torch.Tensor]],
+        self, batch: torch.Tensor, memory: dict[torch.dtype | None, list[torch.Tensor]]
     ) -> Iterator[None]:
-        """While open, each of `inputs` (the same tensor objects, held by the caller) is run
-        through the model once, and again answered from `memory`, per autocast dtype: valid
-        because the extractor is frozen. For scoring the same fixed batches after every
-        training epoch (oracle selection); `memory` outlives the block, and holds the
-        features of every input."""
-        self._known = {_identity(x): i for i, x in enumerate(inputs)}
-        self._memory = memory
+        """While open, `batch` (this very tensor object) is run through the model once per
+        autocast dtype and then answered from `memory`: valid because the extractor is frozen.
+        For scoring the same fixed batches after every training epoch (oracle selection);
+        `memory` outlives the block, so the caller keeps it for the next one."""
+        self._remembered = (_identity(batch), memory)
         try:
             yield
         finally:
-            self._known, self._memory = {}, {}
+            self._remembered = ((), {})
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        index = self._known.get(_identity(images)) if self._known else None
-        if index is None:
+        identity, memory = self._remembered
+        if not identity or _identity(images) != identity:
             return list(self.model(images))
         device = images.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-        if (index, dtype) not in self._memory:
-            self._memory[index, dtype] = list(self.model(images))
-        return list(self._memory[index, dtype])
+        if dtype not in memory:
+            memory[dtype] = list(self.model(images))
+        return list(memory[dtype])
 
 
 def _identity(tensor: torch.Tensor) -> tuple[int, ...]:
