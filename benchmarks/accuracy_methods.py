@@ -86,8 +86,6 @@ def evaluate_groups(
         if trained:
             test = [s for c in group for s in c.test]
             oracle = OracleSelection(test, every=every, epochs=detector.config.epochs)
-            # I-AUROC + P-AUROC at each scored epoch: how the run got where it ended
-            detector.training_info["oracle_curve"] = oracle.curve
             detector.epoch_end_callbacks += [
                 oracle,
                 lambda *_, ends=epoch_ends, o=oracle: ends.append(time.perf_counter() - o.seconds),
@@ -116,6 +114,12 @@ def evaluate_groups(
                 shared["loop_seconds_per_epoch"] = loop
                 shared["setup_seconds"] = fit_seconds - loop * ran
             shared["final_loss"] = detector.history[-1]
+            # [epoch, I-AUROC + P-AUROC] at each scored epoch: how the run got where it ended
+            shared["oracle_curve"] = [
+                [epoch, entry["oracle"]]
+                for epoch, entry in enumerate(detector.history, 1)
+                if "oracle" in entry
+            ]
         for category in group:
             result = evaluate_category(detector, category)
             rows[category.name] = dict(

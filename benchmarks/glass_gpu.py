@@ -114,7 +114,7 @@ def run(
         callbacks=(_progress(name, every, log),),
         checkpoint_root=root,
     )
-    keep = (*COLUMNS, *TIMES, "test_img_s", "train_images", "resumed_after_epoch")
+    keep = (*COLUMNS, *TIMES, "test_img_s", "train_images", "resumed_after_epoch", "oracle_curve")
     return {
         "run": name,
         "settings": settings,

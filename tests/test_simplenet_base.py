@@ -143,7 +143,7 @@ def test_resume_keeps_the_oracles_choice(train_samples, synth_root, tmp_path):
     with pytest.raises(Killed):
         interrupted.fit(train_samples, select=oracle())
     resumed_oracle = oracle()
-    curve = resumed_oracle.curve  # callers may hold the list (accuracy_methods does)
+    curve = resumed_oracle.curve  # callers may hold the list
     resumed = PBAS(**TINY, epochs=4, checkpoint_dir=folder, resume=True).fit(
         train_samples, select=resumed_oracle
     )
