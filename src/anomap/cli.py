@@ -375,25 +375,31 @@ def predict(
     out: Path = typer.Option(Path("predictions"), "--out", "-o", help="Output folder."),
     overlays: bool = typer.Option(True, help="Write heat-map overlay PNGs."),
     weights: Path = typer.Option(None, help="Backbone weights file, if it moved since training."),
+    skip_unreadable: bool = typer.Option(
+        False,
+        "--skip-unreadable",
+        help="Record unreadable images (with their error) in the results and score the rest, "
+        "instead of stopping before any scoring.",
+    ),
     device: str = Device,
     precision: str = Precision,
     quiet: bool = Quiet,
     as_json: bool = AsJson,
 ) -> None:
     """Score images: CSV and JSON of score and decision per image, plus heat-map overlays.
-    A .onnx model (from `anomap export`) runs on onnxruntime's CPU provider.
+    A .onnx model (from `anomap export`) runs on onnxruntime's CPU provider. Images are
+    scored 64 at a time, so a folder of any size fits in memory; an unreadable file stops
+    the run before any scoring, with every bad file named.
 
     Examples:
       anomap predict --model runs/bottle/model.safetensors photos/*.png
       anomap predict --model runs/model --category carpet incoming/ --out results
       anomap predict --model bottle.onnx photos/*.png
+      anomap predict --model runs/model -c carpet line3/ --skip-unreadable
     """
-    import csv
-    import io
-
     from anomap.artifact import load
-    from anomap.data.images import list_images, read_image
-    from anomap.report import panel, save_png_atomic, write_text_atomic
+    from anomap.data.images import list_images
+    from anomap.predict_files import predict_files
 
     _setup(quiet)
     paths = []
@@ -410,45 +416,27 @@ def predict(
         detector = OnnxDetector(source)
     else:
         detector = load(source, weights=weights, device=device, precision=precision)
-    result = detector.predict(paths, category=category or None)
-    cal = detector.calibration_for(category or None)
-    rows = []
-    out.mkdir(parents=True, exist_ok=True)
-    for i, path in enumerate(paths):
-        row = {
-            "path": str(path),
-            "score": float(result.scores[i]),
-            "normalized_score": None if cal is None else float(result.normalized[i]),
-            "anomalous": None if cal is None else bool(result.is_anomalous[i]),
-        }
-        if overlays:
-            vmin, vmax = cal.pixel_range if cal else (result.maps.min(), result.maps.max())
-            picture = panel(
-                detector.preprocess.geometry(read_image(path)),
-                result.maps[i],
-                vmin=float(vmin),
-                vmax=float(vmax),
-                threshold=cal.pixel_threshold if cal else None,
-                title=path.name,
-                score=row["score"],
-                decision=row["anomalous"],
-            )
-            target = out / f"{i:04d}_{path.stem}_overlay.png"  # names repeat across folders
-            save_png_atomic(picture, target)
-            row["overlay"] = str(target)
-        rows.append(row)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(buffer.getvalue(), out / "predictions.csv")
-    write_text_atomic(json.dumps(rows, indent=2), out / "predictions.json")
-    lines = [
-        f"{Path(r['path']).parent.name}/{Path(r['path']).name}: score {r['score']:.4f}"
-        + ("" if r["anomalous"] is None else (" ANOMALOUS" if r["anomalous"] else " normal"))
-        for r in rows
-    ]
+    rows = predict_files(
+        detector,
+        paths,
+        out,
+        category=category or None,
+        overlays=overlays,
+        skip_unreadable=skip_unreadable,
+    )
+    lines = [_prediction_line(row) for row in rows]
+    skipped = sum(row["error"] is not None for row in rows)
+    if skipped:
+        lines.append(f"skipped {skipped} unreadable image(s); their errors are in the results")
     _print(rows, as_json, None if quiet else "\n".join(lines) + f"\nwrote {out}/predictions.csv")
+
+
+def _prediction_line(row: dict[str, Any]) -> str:
+    name = f"{Path(row['path']).parent.name}/{Path(row['path']).name}"
+    if row["error"] is not None:
+        return f"{name}: UNREADABLE"
+    decision = {None: "", True: " ANOMALOUS", False: " normal"}[row["anomalous"]]
+    return f"{name}: score {row['score']:.4f}{decision}"
 
 
 @app.command(short_help="Generate seeded procedural categories with realistic defects and masks.")
@@ -538,6 +526,7 @@ def demo(
         pro="standard",
         overlays=6,
         weights=None,
+        skip_unreadable=False,
         device=device,
         precision=None,
         quiet=quiet,
@@ -554,6 +543,7 @@ def demo(
         out=out / "predict",
         overlays=True,
         weights=None,
+        skip_unreadable=False,
         device=device,
         precision=None,
         quiet=quiet,

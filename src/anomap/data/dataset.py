@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
@@ -53,14 +54,23 @@ def _problem(sample: Sample, check_masks: bool) -> str | None:
     return None
 
 
+def unreadable_images(paths: Sequence[Path]) -> dict[Path, str]:
+    """Each of `paths` whose image header cannot be read, with the error that names it."""
+    return {path: error for path in paths if (error := _problem(Sample(path, ""), False))}
+
+
 def validate_samples(samples: Sequence[Sample], check_masks: bool = True) -> None:
     """Read every header (not the pixels) and raise one DataError listing all bad files, so a
     long training does not die hours in on the one corrupt image. Truncated pixel data is
     only caught when the image is decoded (`read_image`)."""
     problems = [p for s in samples if (p := _problem(s, check_masks)) is not None]
-    if not problems:
-        return
+    if problems:
+        raise DataError(problem_listing(problems, len(samples)))
+
+
+def problem_listing(problems: Sequence[str], total: int) -> str:
+    """'k of n sample(s) have problems:' and the first few of them, one a line."""
     lines = "\n".join(f"  - {p}" for p in problems[:_MAX_NAMED])
     more = len(problems) - _MAX_NAMED
     tail = f"\n  ... and {more} more" if more > 0 else ""
-    raise DataError(f"{len(problems)} of {len(samples)} sample(s) have problems:\n{lines}{tail}")
+    return f"{len(problems)} of {total} sample(s) have problems:\n{lines}{tail}"
