@@ -21,7 +21,7 @@ def test_help_is_fast_and_lists_verbs():
     start = time.perf_counter()
     proc = run("--help")
     assert time.perf_counter() - start < 5  # generous: the import itself must not load torch
-    for verb in ("train", "test", "predict", "synth", "demo", "bench"):
+    for verb in ("train", "test", "predict", "calibrate", "synth", "demo", "bench"):
         assert verb in proc.stdout
     code = "import sys, anomap.cli; print('torch' in sys.modules)"
     assert subprocess.check_output([sys.executable, "-c", code], text=True).strip() == "False"
@@ -113,6 +113,23 @@ def test_predict_at_reduced_precision(trained, synth_root, tmp_path):
     assert rows["bf16"] == pytest.approx(rows["fp32"], rel=0.1)
     proc = run("predict", folder, "--model", out, "-c", name, "--precision", "int8", check=False)
     assert proc.returncode == 2 and "inference_precision must be one of" in proc.stderr
+
+
+def test_calibrate_writes_a_new_threshold_and_keeps_the_original(trained, synth_root, tmp_path):
+    out, summary = trained
+    name = sorted(summary)[0]
+    folder = synth_root / name / "test" / "good"
+    target = tmp_path / "recalibrated.safetensors"
+    args = ["calibrate", folder, "--model", out, "-c", name, "--quantile", "0.9", "-o", target]
+    result = json.loads(run(*args, "--json", "--quiet").stdout)
+    assert result["normal_images"] == len(list(folder.iterdir())) and result["quantile"] == 0.9
+    assert result["flagged_before"] is not None and result["threshold_before"] is not None
+    code = "import sys, anomap; print(*[anomap.load(p).calibration.quantile for p in sys.argv[1:]])"
+    model = summary[name]["model"]
+    printed = subprocess.check_output([sys.executable, "-c", code, target, model], text=True)
+    assert printed.split() == ["0.9", "0.99"]  # the new file, and the original untouched
+    text = run("calibrate", folder, "--model", target).stdout
+    assert "before: threshold" in text and "after:  threshold" in text and "quantile 0.9" in text
 
 
 @pytest.mark.parametrize(

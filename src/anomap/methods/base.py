@@ -7,6 +7,7 @@ does the rest: input handling, the validation split, post-processing, calibratio
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -299,24 +300,66 @@ class Detector:
             self._calibrate(held_out)
         return self
 
-    def _calibrate(self, held_out: list[Sample]) -> None:
+    def calibrate(
+        self, normals: Any, *, category: str | None = None, quantile: float | None = None
+    ) -> Prediction:
+        """Set the decision threshold again from normal images, without training: more
+        normals from the line, or another `quantile` (the share of normals to pass). With
+        `category`, only that category's threshold of a model of several changes; otherwise
+        every threshold is set as `fit` sets them from its held-out images (a dataset root
+        gives each category its own). `normals` must be images the model was not trained on,
+        which it has learnt to score low. Returns the normals' prediction under the new
+        threshold."""
+        if not self.is_fitted:
+            raise AnomapError(f"{type(self).__name__} is not fitted: call fit() first")
+        if category is not None and category not in self.categories:
+            known = ", ".join(self.categories) or "(none)"
+            raise AnomapError(f"this model has no category {category!r}; it has: {known}")
+        samples, _ = train_samples(normals)
+        if not samples:
+            raise DataError("no normal images to calibrate with")
+        from anomap.data.dataset import validate_samples
+
+        validate_samples(samples, check_masks=False)
+        if quantile is not None:
+            self.config = dataclasses.replace(self.config, threshold_quantile=quantile)
+        return self._calibrate(samples, only=category)
+
+    def _calibrate(self, held_out: list[Sample], only: str | None = None) -> Prediction:
         """A global threshold, plus one per category for a model of several categories
-        (their score scales differ) from that category's held-out images."""
+        (their score scales differ) from that category's held-out images; with `only`, just
+        that category's (the global one in a model of one). Returns the held-out images'
+        prediction under the new thresholds."""
         result = self.predict(held_out)
-        quantile = self.config.threshold_quantile
-        probabilities = self.probability_scores
-        self.calibration = calibrate(
-            result.scores, result.maps, quantile, probabilities=probabilities
+        scores = result.scores
+
+        def fitted(rows: Any = slice(None)) -> Calibration:
+            return calibrate(
+                scores[rows],
+                result.maps[rows],
+                self.config.threshold_quantile,
+                probabilities=self.probability_scores,
+            )
+
+        several = len(self.categories) > 1
+        if only is not None and several:
+            self.category_calibration[only] = fitted()
+        else:
+            self.calibration, self.category_calibration = fitted(), {}
+            for name in self.categories if several else ():
+                rows = [i for i, s in enumerate(held_out) if s.category == name]
+                if rows:
+                    self.category_calibration[name] = fitted(rows)
+        pairs = [
+            (self.calibration_for(only or s.category), x)
+            for s, x in zip(held_out, scores, strict=True)
+        ]
+        return Prediction(
+            scores,
+            result.maps,
+            np.array([cal.normalize(x) for cal, x in pairs], np.float32),
+            np.array([bool(cal.decide(x)) for cal, x in pairs]),
         )
-        if len(self.categories) < 2:
-            return
-        for name in self.categories:
-            rows = [i for i, s in enumerate(held_out) if s.category == name]
-            if rows:
-                cal = calibrate(
-                    result.scores[rows], result.maps[rows], quantile, probabilities=probabilities
-                )
-                self.category_calibration[name] = cal
 
     def calibration_for(self, category: str | None) -> Calibration | None:
         """The threshold for images of `category`: its own when this model has one, else
