@@ -342,3 +342,15 @@ def test_full_category_size_runs():
     assert metrics.aupro(masks, maps, num_thresholds=200) == pytest.approx(
         result["aupro"], abs=1e-3
     )
+
+
+def test_decision_metrics_at_the_deployed_threshold_by_hand():
+    from anomap.evaluation import _decision_metrics
+
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    decisions = np.array([True, False, False, False, True, False])
+    got = _decision_metrics(labels, decisions)
+    assert got["threshold_false_reject_rate"] == 0.25  # 1 of 4 good parts flagged
+    assert got["threshold_recall"] == 0.5 and got["threshold_precision"] == 0.5
+    assert got["threshold_accuracy"] == 4 / 6 and got["threshold_f1"] == 0.5
+    assert np.isnan(_decision_metrics(labels[4:], decisions[4:])["threshold_false_reject_rate"])

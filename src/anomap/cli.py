@@ -269,7 +269,8 @@ def test(
     columns = [c for c in _TABLE_COLUMNS if any(c in m for m in metrics.values())]
     notes = [
         "image_f1_max and pixel_f1_max pick their threshold on the test set (oracle).",
-        "threshold_* use the threshold learnt from normal images only.",
+        "threshold_* use the threshold learnt from normal images only; its false reject "
+        "rate is the share of good test images it flags (`anomap calibrate` moves it).",
     ]
     notes += _training_notes(training)
     table = metrics_table_markdown(metrics, columns, notes=notes)
@@ -351,6 +352,8 @@ _TABLE_COLUMNS = (
     "pixel_ap",
     "image_f1_max",
     "threshold_f1",
+    "threshold_recall",
+    "threshold_false_reject_rate",
 )
 
 

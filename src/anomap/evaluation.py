@@ -43,6 +43,8 @@ def _decision_metrics(labels: np.ndarray, decisions: np.ndarray) -> dict[str, fl
         "threshold_precision": precision,
         "threshold_recall": recall,
         "threshold_accuracy": (tp + tn) / max(1.0, tp + tn + fp + fn),
+        # good parts rejected: what the line pays for every point of recall
+        "threshold_false_reject_rate": fp / (fp + tn) if fp + tn else float("nan"),
     }
 
 
