@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
+from scipy.stats import norm
 
 from anomap.postprocess import calibrate, upsample
 
@@ -52,10 +53,14 @@ def test_calibration_from_normal_scores():
     assert low == 3.0 and high == 7.0 and cal.pixel_threshold == 5.0
 
 
-def test_few_normal_scores_get_a_fitted_tail_many_the_empirical_quantile():
+# Student-t quantile t(0.99; 3 degrees of freedom), from tables
+T_99_3 = 4.540702858698419
+
+
+def test_few_normal_scores_get_a_prediction_bound_many_the_empirical_quantile():
     few = np.array([15.95, 15.98, 16.52, 16.70])  # 4 held-out images: q99 is about their max
     cal = calibrate(few, np.zeros((4, 2, 2)), quantile=0.99)
-    expected = few.mean() + 2.3263478740 * few.std(ddof=1)
+    expected = few.mean() + T_99_3 * few.std(ddof=1) * np.sqrt(1 + 1 / 4)
     assert cal.image_threshold == pytest.approx(expected) and cal.image_threshold > few.max()
     many = np.concatenate([np.zeros(990), np.full(10, 100.0)])  # enough for the empirical one
     cal = calibrate(many, np.zeros((1000, 2, 2)), quantile=0.99)
@@ -83,7 +88,24 @@ def test_probability_scores_get_a_threshold_below_one():
     assert raw.image_threshold > 1.0
     cal = calibrate(normals, np.zeros((4, 2, 2)), quantile=0.99, probabilities=True)
     logits = np.log(normals / (1 - normals))
-    expected = 1 / (1 + np.exp(-(logits.mean() + 2.3263478740 * logits.std(ddof=1))))
+    bound = logits.mean() + T_99_3 * logits.std(ddof=1) * np.sqrt(1 + 1 / 4)
+    expected = 1 / (1 + np.exp(-bound))
     assert cal.image_threshold == pytest.approx(expected)
     assert normals.max() < cal.image_threshold < 1.0
-    assert cal.decide(np.array([0.9999, 1.0])).all()
+    assert cal.decide(np.array([0.99999, 1.0])).all()
+
+
+@pytest.mark.parametrize("count", [4, 12, 40])
+def test_a_new_normal_exceeds_the_threshold_as_often_as_promised(count):
+    """Gaussian normal scores: over many held-out sets, the chance that a new normal image is
+    flagged must be 1 − q. The plug-in mean + z·std it replaced promised the same and, with 4
+    images, flagged about 6 % instead of 1 %."""
+    rng = np.random.default_rng(0)
+    held_out_sets = rng.normal(10.0, 2.0, size=(5000, count))
+    maps = np.zeros((count, 1, 1))
+    thresholds = np.array([calibrate(s, maps).image_threshold for s in held_out_sets])
+    flagged = norm.sf(thresholds, 10.0, 2.0)  # exact, per threshold
+    assert flagged.mean() == pytest.approx(0.01, abs=0.0015)
+    plug_in = held_out_sets.mean(1) + 2.3263478740 * held_out_sets.std(1, ddof=1)
+    if count == 4:
+        assert norm.sf(plug_in, 10.0, 2.0).mean() > 0.04
