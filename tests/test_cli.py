@@ -269,3 +269,20 @@ def test_demo_passes_every_option_of_the_verbs_it_calls():
     for verb in (cli.train, cli.test, cli.predict):
         for name in inspect.signature(verb).parameters:
             assert f"{name}=" in source, f"demo does not pass {verb.__name__}({name}=...)"
+
+
+def test_train_cautions_when_the_threshold_rests_on_few_normals():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from anomap import cli
+    from anomap.postprocess import calibrate
+
+    def caution(count):
+        cal = calibrate(np.arange(count, dtype=float), np.zeros((count, 1, 1)))
+        return cli._few_calibration_images(SimpleNamespace(calibration=cal))
+
+    assert "from 4 held-out normal images" in caution(4) and "1 %" in caution(4)
+    assert caution(cli.FEW_NORMALS) is None
+    assert "no threshold" in cli._few_calibration_images(SimpleNamespace(calibration=None))

@@ -213,7 +213,30 @@ def train(
             if oracle is not None:
                 note = f" (oracle: epoch {detector.training_info.get('selected_epoch')} kept)"
             typer.echo(f"{name}: trained on {images} images in {seconds:.1f}s -> {path}{note}")
+            few = _few_calibration_images(detector)
+            if few:
+                typer.echo(few, err=True)
     _print(summary, as_json)
+
+
+FEW_NORMALS = 20  # below this, the threshold's false reject rate scatters widely
+
+
+def _few_calibration_images(detector: Any) -> str | None:
+    """A caution when the threshold rests on few held-out normals, or on none."""
+    cal = detector.calibration
+    if cal is None:
+        return (
+            "  no held-out normal images: the model has no threshold (scores only); "
+            "run `anomap calibrate` with normal images it was not trained on"
+        )
+    if cal.num_images >= FEW_NORMALS:
+        return None
+    return (
+        f"  threshold from {cal.num_images} held-out normal images: on new good parts it "
+        f"may flag several times the {100 * (1 - cal.quantile):.0f} % it aims at; give it "
+        f"{FEW_NORMALS}+ normals with --val DIR or `anomap calibrate`"
+    )
 
 
 @app.command(short_help="Metrics per category and mean, heat-map panels and an HTML report.")
