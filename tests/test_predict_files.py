@@ -103,7 +103,9 @@ def test_an_uncalibrated_model_colours_every_overlay_on_one_scale(
             scales.append((vmin, vmax)) or real_panel(*a, vmin=vmin, vmax=vmax, **k)
         ),
     )
-    rows = predict_files(model, images, tmp_path / "out")
-    maps = model.predict(images).maps
-    assert set(scales) == {(float(maps.min()), float(maps.max()))}
+    images[2].write_bytes(images[2].read_bytes()[:300])  # skipped in both passes
+    rows = predict_files(model, images, tmp_path / "out", skip_unreadable=True)
+    maps = model.predict(images[:2] + images[3:]).maps
+    assert set(scales) == {(float(maps.min()), float(maps.max()))} and len(scales) == 6
+    assert rows[2]["error"] is not None
     assert all(r["anomalous"] is None and r["normalized_score"] is None for r in rows)

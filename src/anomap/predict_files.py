@@ -48,9 +48,9 @@ def predict_files(
         hint = "\n(--skip-unreadable, or skip_unreadable=True, records them and scores the rest)"
         raise DataError(problem_listing(list(bad.values()), len(paths)) + hint)
     out.mkdir(parents=True, exist_ok=True)
-    writer = _ChunkScorer(detector, out, category, overlays)
-    if overlays and writer.colour_range is None:  # uncalibrated: one scale for the whole run
-        writer.colour_range = _map_range(detector, [p for p in paths if p not in bad], category)
+    scorer = _ChunkScorer(detector, out, category, overlays)
+    if overlays and scorer.colour_range is None:  # uncalibrated: one scale for the whole run
+        scorer.colour_range = _map_range(detector, [p for p in paths if p not in bad], category)
     rows: dict[int, dict[str, Any]] = {}  # by position in `paths`
     for chunk in _chunks(list(enumerate(paths))):
         images: list[tuple[int, Path, Image.Image]] = []
@@ -63,13 +63,13 @@ def predict_files(
                 if skip_unreadable:
                     rows[index] = _row(path, error=str(exc), overlays=overlays)
                     continue
-                rows.update(writer.score(images))  # everything before it is kept
+                rows.update(scorer.score(images))  # everything before it is kept
                 if rows:
                     _write_tables([rows[i] for i in sorted(rows)], out)
                 kept = f"the {len(rows)} image(s) before it are in {out}/predictions.csv; "
                 hint = "--skip-unreadable goes past such files"
                 raise DataError(f"{exc}\n{kept if rows else ''}{hint}") from exc
-        rows.update(writer.score(images))
+        rows.update(scorer.score(images))
     ordered = [rows[index] for index in range(len(paths))]
     _write_tables(ordered, out)
     return ordered
@@ -150,12 +150,19 @@ def _chunks(items: list[Any]) -> Iterator[list[Any]]:
 
 def _map_range(detector: Any, paths: list[Path], category: str | None) -> tuple[float, float]:
     """The lowest and highest anomaly-map value over `paths`: a first scoring pass, only for
-    an uncalibrated model (no held-out normals to set its colour scale)."""
+    an uncalibrated model (no held-out normals to set its colour scale). A file that cannot
+    be decoded is left to the main pass, which reports or skips it."""
     low, high = np.inf, -np.inf
     for start in range(0, len(paths), CHUNK):
-        images = [read_image(p) for p in paths[start : start + CHUNK]]
-        maps = detector.predict(images, category=category).maps
-        low, high = min(low, float(maps.min())), max(high, float(maps.max()))
+        images = []
+        for path in paths[start : start + CHUNK]:
+            try:
+                images.append(read_image(path))
+            except DataError:
+                continue
+        if images:
+            maps = detector.predict(images, category=category).maps
+            low, high = min(low, float(maps.min())), max(high, float(maps.max()))
     return low, high
 
 
