@@ -54,6 +54,8 @@ def test_one_category_of_a_unified_model_or_all_of_them(categories, synth_root):
     assert model.category_calibration[first].num_images == len(_normals(categories[0]))
     assert model.calibration == global_before
     assert model.category_calibration[second] == second_before
+    with pytest.raises(AnomapError, match="name the one category"):
+        model.calibrate(_normals(categories[0]))  # plain paths: whose threshold?
     model.calibrate(synth_root)  # a dataset root: each category's train/good (mechanics only)
     for category in categories:
         cal = model.category_calibration[category.name]

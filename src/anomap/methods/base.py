@@ -318,6 +318,13 @@ class Detector:
         samples, _ = train_samples(normals)
         if not samples:
             raise DataError("no normal images to calibrate with")
+        missing = set(self.categories) - {s.category for s in samples}
+        if category is None and len(self.categories) > 1 and missing:
+            raise AnomapError(
+                f"this model has a threshold per category; the normal images cover none of "
+                f"{', '.join(sorted(missing))}: name the one category they show, or give a "
+                "dataset root with normals of every category"
+            )
         from anomap.data.dataset import validate_samples
 
         validate_samples(samples, check_masks=False)
