@@ -261,28 +261,38 @@ def test_uniad_unified_over_all_categories(synth_root, tmp_path):
 def test_demo_passes_every_option_of_the_verbs_it_calls():
     """demo calls train/test/predict as functions: an option it omits would arrive as typer's
     OptionInfo placeholder instead of a value."""
+    import ast
     import inspect
+    import textwrap
 
     import anomap.cli as cli
 
-    source = inspect.getsource(cli.demo)
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cli.demo)))
+    calls = {
+        node.func.id: {keyword.arg for keyword in node.keywords}
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+    }
     for verb in (cli.train, cli.test, cli.predict):
-        for name in inspect.signature(verb).parameters:
-            assert f"{name}=" in source, f"demo does not pass {verb.__name__}({name}=...)"
+        expected = set(inspect.signature(verb).parameters)
+        assert calls[verb.__name__] == expected, f"demo's {verb.__name__}(...) call differs"
 
 
 def test_train_cautions_when_the_threshold_rests_on_few_normals():
-    from types import SimpleNamespace
-
-    import numpy as np
-
     from anomap import cli
-    from anomap.postprocess import calibrate
 
-    def caution(count):
-        cal = calibrate(np.arange(count, dtype=float), np.zeros((count, 1, 1)))
-        return cli._few_calibration_images(SimpleNamespace(calibration=cal))
+    caution = cli._few_normals_caution({"pill": 4, "washer": 4, "tile": 40, "wood": None}, 0.99)
+    first, second = caution.splitlines()
+    assert "no threshold" in first and "wood" in first
+    assert "(pill 4, washer 4)" in second and "the 1 % it aims at" in second
+    assert cli._few_normals_caution({"tile": cli.FEW_NORMALS}, 0.99) is None
+    assert "the 0.1 % it aims at" in cli._few_normals_caution({"pill": 4}, 0.999)
 
-    assert "from 4 held-out normal images" in caution(4) and "1 %" in caution(4)
-    assert caution(cli.FEW_NORMALS) is None
-    assert "no threshold" in cli._few_calibration_images(SimpleNamespace(calibration=None))
+
+def test_demo_runs_end_to_end(tmp_path):
+    """`make demo` is one of the README's two commands: the whole loop must run."""
+    proc = run("demo", "--out", tmp_path, "--size", "64")
+    assert "4/4 predicting" in proc.stdout and "Open " in proc.stdout
+    assert "threshold_false_reject_rate" in (tmp_path / "test" / "metrics.md").read_text()
+    assert (tmp_path / "test" / "report.html").is_file()
+    assert (tmp_path / "predict" / "predictions.csv").read_text().startswith("path,score")

@@ -181,6 +181,7 @@ def train(
     found = discover(data, layout=layout, categories=category or None)
     groups = {"all": found} if unified else {c.name: [c] for c in found}
     summary = {}
+    normals: dict[str, int | None] = {}  # held-out images behind each model's threshold
     for name, group in groups.items():
         folder = out if unified else out / name
         if "checkpoint_dir" in accepted:
@@ -213,30 +214,36 @@ def train(
             if oracle is not None:
                 note = f" (oracle: epoch {detector.training_info.get('selected_epoch')} kept)"
             typer.echo(f"{name}: trained on {images} images in {seconds:.1f}s -> {path}{note}")
-            few = _few_calibration_images(detector)
-            if few:
-                typer.echo(few, err=True)
+        normals[name] = None if detector.calibration is None else detector.calibration.num_images
+        quantile = detector.config.threshold_quantile
+    caution = _few_normals_caution(normals, quantile)
+    if caution and not quiet:
+        typer.echo(caution, err=True)
     _print(summary, as_json)
 
 
 FEW_NORMALS = 20  # below this, the threshold's false reject rate scatters widely
 
 
-def _few_calibration_images(detector: Any) -> str | None:
-    """A caution when the threshold rests on few held-out normals, or on none."""
-    cal = detector.calibration
-    if cal is None:
-        return (
-            "  no held-out normal images: the model has no threshold (scores only); "
-            "run `anomap calibrate` with normal images it was not trained on"
+def _few_normals_caution(normals: dict[str, int | None], quantile: float) -> str | None:
+    """One caution for the models whose threshold rests on few held-out normals, or on none
+    (`normals`: model name -> its held-out count, None when uncalibrated)."""
+    lines = []
+    none = [name for name, count in normals.items() if count is None]
+    if none:
+        lines.append(
+            f"no threshold (no held-out normal images) for {', '.join(none)}: run `anomap "
+            "calibrate` with normal images the model was not trained on"
         )
-    if cal.num_images >= FEW_NORMALS:
-        return None
-    return (
-        f"  threshold from {cal.num_images} held-out normal images: on new good parts it "
-        f"may flag several times the {100 * (1 - cal.quantile):.0f} % it aims at; give it "
-        f"{FEW_NORMALS}+ normals with --val DIR or `anomap calibrate`"
-    )
+    few = {name: count for name, count in normals.items() if count and count < FEW_NORMALS}
+    if few:
+        counts = ", ".join(f"{name} {count}" for name, count in few.items())
+        lines.append(
+            f"threshold from few held-out normal images ({counts}): on new good parts it may "
+            f"flag several times the {100 * (1 - quantile):.3g} % it aims at; give it "
+            f"{FEW_NORMALS}+ with --val DIR, or later with `anomap calibrate`"
+        )
+    return "\n".join(lines) or None
 
 
 @app.command(short_help="Metrics per category and mean, heat-map panels and an HTML report.")
@@ -628,7 +635,6 @@ def demo(
         pro="standard",
         overlays=6,
         weights=None,
-        skip_unreadable=False,
         device=device,
         precision=None,
         quiet=quiet,
