@@ -1,5 +1,7 @@
 """Setting a trained model's threshold again from normal images, without training."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -71,3 +73,13 @@ def test_clear_errors(categories):
         model.calibrate(_normals(categories[0]), category="bottle")
     with pytest.raises(ValueError, match="threshold_quantile"):
         model.calibrate(_normals(categories[0]), quantile=1.5)
+
+
+def test_a_dataset_root_gives_each_model_only_its_own_category(categories, synth_root):
+    first, second = categories
+    model = PatchCore(**SMALL).fit(first)
+    model.calibrate(synth_root)  # both categories on disk; the model knows one
+    assert model.calibration.num_images == len(first.train)
+    foreign = [replace(s, category=name) for s, name in zip(second.train[:4], "abab", strict=True)]
+    with pytest.raises(AnomapError, match="of categories a, b"):
+        model.calibrate(foreign)

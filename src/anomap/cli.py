@@ -505,15 +505,15 @@ def calibrate(
     normals and the threshold would come out too low.
     """
     from anomap.artifact import load
-    from anomap.methods.base import train_samples
 
     _setup(quiet)
     source = _pick_model(_model_files(model), category)
     detector = load(source, weights=weights)
     several = len(detector.categories) > 1
     only = category if category and several else None
-    samples, _ = train_samples(normals)
+    samples = detector.calibration_samples(normals, only)
     before = [detector.calibration_for(only or s.category) for s in samples]
+    previous = detector.calibration_for(only)  # the global one when every category changes
     result = detector.calibrate(samples, category=only, quantile=quantile)
     path = detector.save(out or source)
     old_flags = None
@@ -527,7 +527,7 @@ def calibrate(
         "category": name,
         "normal_images": len(samples),
         "quantile": detector.config.threshold_quantile,
-        "threshold_before": None if before[0] is None else before[0].image_threshold,
+        "threshold_before": None if previous is None else previous.image_threshold,
         "threshold": after.image_threshold,
         "flagged_before": old_flags,
         "flagged": int(result.is_anomalous.sum()),
@@ -537,8 +537,9 @@ def calibrate(
     if old_flags is not None:
         was = f"threshold {summary['threshold_before']:.4g}, flags {_share(old_flags, count)}"
     now = f"threshold {after.image_threshold:.4g}, flags {_share(summary['flagged'], count)}"
+    scope = " (the global threshold; each category has its own)" if several and not only else ""
     text = (
-        f"{name}: {count} normal images, quantile {summary['quantile']}\n"
+        f"{name}: {count} normal images, quantile {summary['quantile']}{scope}\n"
         f"  before: {was}\n  after:  {now}\nwrote {path}"
     )
     _print(summary, as_json, None if quiet else text)

@@ -300,6 +300,36 @@ class Detector:
             self._calibrate(held_out)
         return self
 
+    def calibration_samples(self, normals: Any, category: str | None = None) -> list[Sample]:
+        """The images of `normals` that set the threshold of `category` (or of every category
+        of this model): from a dataset root, only the categories concerned; a plain folder
+        counts as that category's. Refuses what would leave a category's threshold unset."""
+        if not self.is_fitted:
+            raise AnomapError(f"{type(self).__name__} is not fitted: call fit() first")
+        if category is not None and category not in self.categories:
+            known = ", ".join(self.categories) or "(none)"
+            raise AnomapError(f"this model has no category {category!r}; it has: {known}")
+        samples, _ = train_samples(normals)
+        wanted = {category} if category is not None else set(self.categories)
+        names = {s.category for s in samples}
+        if names & wanted:
+            samples = [s for s in samples if s.category in wanted]
+        elif len(names) > 1:
+            raise AnomapError(
+                f"the normal images are of categories {', '.join(sorted(names))}; this model's "
+                f"are {', '.join(self.categories)}"
+            )
+        if not samples:
+            raise DataError("no normal images to calibrate with")
+        missing = wanted - {s.category for s in samples}
+        if category is None and len(self.categories) > 1 and missing:
+            raise AnomapError(
+                f"this model has a threshold per category; the normal images cover none of "
+                f"{', '.join(sorted(missing))}: name the one category they show, or give a "
+                "dataset root with normals of every category"
+            )
+        return samples
+
     def calibrate(
         self, normals: Any, *, category: str | None = None, quantile: float | None = None
     ) -> Prediction:
@@ -310,21 +340,7 @@ class Detector:
         gives each category its own). `normals` must be images the model was not trained on,
         which it has learnt to score low. Returns the normals' prediction under the new
         threshold."""
-        if not self.is_fitted:
-            raise AnomapError(f"{type(self).__name__} is not fitted: call fit() first")
-        if category is not None and category not in self.categories:
-            known = ", ".join(self.categories) or "(none)"
-            raise AnomapError(f"this model has no category {category!r}; it has: {known}")
-        samples, _ = train_samples(normals)
-        if not samples:
-            raise DataError("no normal images to calibrate with")
-        missing = set(self.categories) - {s.category for s in samples}
-        if category is None and len(self.categories) > 1 and missing:
-            raise AnomapError(
-                f"this model has a threshold per category; the normal images cover none of "
-                f"{', '.join(sorted(missing))}: name the one category they show, or give a "
-                "dataset root with normals of every category"
-            )
+        samples = self.calibration_samples(normals, category)
         from anomap.data.dataset import validate_samples
 
         validate_samples(samples, check_masks=False)
