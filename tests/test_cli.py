@@ -72,6 +72,10 @@ def test_test_writes_metrics_and_report(trained, synth_root, tmp_path):
     assert set(payload["categories"]) == {p.name for p in synth_root.iterdir()}
     assert 0.5 < payload["mean"]["image_auroc"] <= 1.0
     assert (tmp_path / "metrics.md").read_text().count("|") > 10
+    held_out = {t["normal_images"] for t in payload["thresholds"].values()}
+    assert held_out == {1}  # 10 % of 12 training images
+    text = (tmp_path / "metrics.md").read_text()
+    assert "threshold from 1 normal image at quantile 0.99" in text
     assert "<img" in (tmp_path / "report.html").read_text()
     assert len(list((tmp_path / "overlays").glob("*.png"))) == 4
 

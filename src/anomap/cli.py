@@ -283,6 +283,7 @@ def test(
     results = {}
     training = {}
     histories: dict[str, Any] = {}  # model folder -> its history.json epochs
+    thresholds: dict[str, tuple[int, float] | None] = {}  # (normal images, quantile) behind it
     detector = None
     for cat in discover(data, layout=layout, categories=category or None):
         picked = _pick_model(files, cat.name)
@@ -292,6 +293,8 @@ def test(
             if epochs:
                 histories[picked.parent.name] = epochs
         training[cat.name] = detector.training_info
+        cal = detector.calibration_for(cat.name)
+        thresholds[cat.name] = None if cal is None else (cal.num_images, cal.quantile)
         results[cat.name] = evaluate_category(
             detector, cat, pro_variant=pro, overlay_dir=out / "overlays", max_overlays=overlays
         )
@@ -303,6 +306,7 @@ def test(
         "rate is the share of good test images it flags (`anomap calibrate` moves it).",
     ]
     notes += _training_notes(training)
+    notes += _threshold_notes(thresholds)
     table = metrics_table_markdown(metrics, columns, notes=notes)
     out.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -312,6 +316,10 @@ def test(
         "backbone": detector.config.backbone,
         "pro_variant": pro,
         "training": training,
+        "thresholds": {
+            name: None if source is None else {"normal_images": source[0], "quantile": source[1]}
+            for name, source in thresholds.items()
+        },
         "categories": {
             name: dict(r.metrics, seconds_per_image=r.seconds_per_image)
             for name, r in results.items()
@@ -355,6 +363,20 @@ def _training_history(path: Path) -> list[dict[str, float]]:
         return list(json.loads(path.read_text(encoding="utf-8"))["epochs"])
     except (OSError, ValueError, KeyError, TypeError):
         return []
+
+
+def _threshold_notes(thresholds: dict[str, tuple[int, float] | None]) -> list[str]:
+    """Where each category's threshold comes from: how many normal images, which quantile
+    (the fewer the images, the further its false reject rate strays from 1 − quantile)."""
+    groups: dict[str, list[str]] = {}
+    for name, source in thresholds.items():
+        if source is None:
+            key = "no threshold (uncalibrated model)"
+        else:
+            plural = "s" if source[0] != 1 else ""
+            key = f"threshold from {source[0]} normal image{plural} at quantile {source[1]}"
+        groups.setdefault(key, []).append(name)
+    return [f"{key}: {', '.join(names)}" for key, names in groups.items()]
 
 
 def _training_notes(training: dict[str, dict[str, Any]]) -> list[str]:
