@@ -8,7 +8,6 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from scipy.stats import t as student_t
 
 # The per-axis operators are built in NumPy: when `export_onnx` traces the inference path,
 # the tracer then sees finished constants, not the index arithmetic that made them.
@@ -163,7 +162,9 @@ def _score_quantile(scores: np.ndarray, quantile: float, probabilities: bool) ->
     count = scores.size
     if count < 2 or quantile >= 1.0 or count * (1.0 - quantile) >= 1.0:
         return empirical
-    factor = float(student_t.ppf(quantile, count - 1)) * math.sqrt(1.0 + 1.0 / count)
+    from scipy.special import stdtrit  # Student-t quantile; imported here, off the load path
+
+    factor = float(stdtrit(count - 1, quantile)) * math.sqrt(1.0 + 1.0 / count)
     if probabilities:
         clipped = np.clip(scores, PROBABILITY_EPS, 1.0 - PROBABILITY_EPS)
         logits = np.log(clipped) - np.log1p(-clipped)
