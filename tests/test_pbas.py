@@ -1,5 +1,7 @@
 """PBAS (METHODS.md §3.4): centre alignment, assignment, AFS, a training step, end to end."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +9,8 @@ from PIL import Image
 
 import anomap.artifact
 import anomap.methods
+from anomap import progress
+from anomap.methods import training
 from anomap.methods.pbas import (
     PBAS,
     align_centres,
@@ -143,3 +147,27 @@ def test_normal_validation_adds_to_history(tmp_path):
     scores = detector.predict(held_out).scores
     assert detector.history[-1]["val_mean"] == float(np.mean(scores))
     assert detector.history[-1]["val_q99"] == float(np.quantile(scores, 0.99))
+
+
+def test_training_without_a_terminal_prints_epoch_lines(tmp_path, capsys, monkeypatch):
+    """A log file or container shows no bars, so the epoch loop writes the pace and losses
+    as lines: the first epoch, then at most every LOG_SECONDS, and the last."""
+    train = write_images(tmp_path / "train", 10, seed=0)
+    settings = {"resize": 64, "crop": 64, "batch_size": 4, "epochs": 3, "device": "cpu"}
+    PBAS(**settings).fit(train)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" · ")[0] for line in lines] == ["epoch 1/3", "epoch 3/3"]
+    assert re.fullmatch(r"epoch 1/3 · [\d.]+ s/epoch, 0:00:\d\d left · svdd .* loss .*", lines[0])
+    assert re.fullmatch(r"epoch 3/3 · [\d.]+ s/epoch, 0:00:\d\d in all · svdd .*", lines[1])
+    monkeypatch.setattr(training, "LOG_SECONDS", 0.0)
+    PBAS(**settings).fit(train)
+    assert len(capsys.readouterr().err.splitlines()) == 3
+    monkeypatch.setattr(progress, "_enabled", False)  # the CLI's --quiet
+    PBAS(**settings).fit(train)
+    assert capsys.readouterr().err == ""
+
+
+def test_durations_read_as_hours_minutes_seconds():
+    assert progress.duration(0) == "0:00:00"
+    assert progress.duration(3725.4) == "1:02:05"
+    assert progress.duration(90_000) == "25:00:00"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import torch
 from anomap.data.samples import Sample
 from anomap.errors import AnomapError
 from anomap.methods.base import Detector, TrainingConfig
+from anomap.progress import duration, log_line
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 CHECKPOINT_KIND = "anomap-training-checkpoint"
@@ -28,6 +30,27 @@ CHECKPOINT_KIND = "anomap-training-checkpoint"
 RESUMABLE_CHANGES = frozenset({"epochs", "checkpoint_dir", "checkpoint_every", "resume", "device"})
 
 Optimisers = dict[str, torch.optim.Optimizer]
+LOG_SECONDS = 30.0  # without a terminal, an epoch line at most this often (and the last)
+
+
+class EpochPace:
+    """Wall-clock seconds per epoch since this process started (or resumed) the run, callbacks
+    such as the oracle's scoring included, and so the time left."""
+
+    def __init__(self, first: int, total: int) -> None:
+        self.first, self.total = first, total
+        self.started = time.perf_counter()
+
+    def text(self, done: int) -> str:
+        """E.g. '19.1 s/epoch, 3:21:05 left', or '..., 3:24:00 in all' after the last epoch;
+        empty before this process finished an epoch."""
+        if done <= self.first:
+            return ""
+        elapsed = time.perf_counter() - self.started
+        seconds = elapsed / (done - self.first)
+        if done >= self.total:
+            return f"{seconds:.3g} s/epoch, {duration(elapsed)} in all"
+        return f"{seconds:.3g} s/epoch, {duration(seconds * (self.total - done))} left"
 
 
 class EpochTrainedDetector(Detector):
@@ -39,6 +62,7 @@ class EpochTrainedDetector(Detector):
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
         self.history: list[dict[str, float]] = []
+        self._pace: EpochPace | None = None
 
     def _run_epochs(
         self,
@@ -57,6 +81,8 @@ class EpochTrainedDetector(Detector):
             start, self.history = 0, []
             if start_fresh is not None:
                 start_fresh()
+        self._pace = EpochPace(start, cfg.epochs)
+        logged = float("-inf")
         for epoch in range(start, cfg.epochs):
             self.history.append(train_epoch(epoch))
             for callback in self.epoch_end_callbacks:
@@ -64,13 +90,24 @@ class EpochTrainedDetector(Detector):
             done = epoch + 1
             if checkpoint and (done % cfg.checkpoint_every == 0 or done == cfg.epochs):
                 checkpoint.save(self, optimisers, done)
+            if time.perf_counter() - logged >= LOG_SECONDS or done == cfg.epochs:
+                logged = time.perf_counter()
+                log_line(f"epoch {done}/{cfg.epochs} · {self._epoch_status(done)}")
 
     def _epoch_label(self, epoch: int) -> str:
-        """Progress-bar text: the epoch and the previous epoch's losses."""
-        label = f"epoch {epoch + 1}/{self.config.epochs}"
+        """Progress-bar text: the epoch, the previous epoch's losses and the time left."""
+        status = self._epoch_status(epoch)
+        return f"epoch {epoch + 1}/{self.config.epochs}" + (f" · {status}" if status else "")
+
+    def _epoch_status(self, done: int) -> str:
+        """The pace since this process started training, and the last finished epoch's
+        losses (with the validation and oracle scores that history.json keeps)."""
+        parts = []
+        if self._pace is not None and (pace := self._pace.text(done)):
+            parts.append(pace)  # first: a narrow terminal cuts the bar's text at its end
         if self.history:
-            label += " · " + " ".join(f"{k} {v:.4g}" for k, v in self.history[-1].items())
-        return label
+            parts.append(" ".join(f"{k} {v:.4g}" for k, v in self.history[-1].items()))
+        return " · ".join(parts)
 
 
 def strip_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
