@@ -7,6 +7,7 @@ import torch
 from anomap.data.layouts import discover
 from anomap.errors import AnomapError
 from anomap.methods import simplenet_base
+from anomap.methods.base import native_bf16
 from anomap.methods.pbas import PBAS
 from anomap.methods.simplenet_base import (
     Adaptor,
@@ -236,16 +237,19 @@ def test_bce_helper_matches_torch_and_is_float32_under_autocast():
 
 
 @pytest.mark.parametrize("method", ["pbas", "glass"])
-def test_mixed_precision_trains_and_is_labelled(train_samples, method):
+def test_mixed_precision_trains_and_is_labelled(train_samples, method, monkeypatch):
     from anomap.methods.glass import GLASS
 
     cls = PBAS if method == "pbas" else GLASS
     extra = {"las_pool": 1, "ascent_steps": 2} if method == "glass" else {}
-    assert not cls(**TINY).uses_mixed_precision  # "auto" is float32 on a CPU
+    for native in (False, True):  # "auto": bfloat16 for "fast" where bfloat16 is native
+        monkeypatch.setattr(simplenet_base, "native_bf16", lambda device, n=native: n)
+        assert cls(**TINY, preset="fast").uses_mixed_precision is native
+        assert not cls(**TINY, preset="paper").uses_mixed_precision  # the reference: float32
     with pytest.raises(ValueError, match="mixed_precision"):
         cls(**TINY, mixed_precision="fp8")
     settings = {**TINY, **extra, "epochs": 2, "seed": 3}
-    full = cls(**settings).fit(train_samples[:8])
+    full = cls(**settings, mixed_precision="off").fit(train_samples[:8])
     mixed = cls(**settings, mixed_precision="bf16").fit(train_samples[:8])
     assert mixed.training_info["precision"].startswith("bfloat16")
     assert "precision" not in full.training_info
@@ -257,3 +261,9 @@ def test_mixed_precision_trains_and_is_labelled(train_samples, method):
     assert mixed.discriminator.hidden.weight.dtype == torch.float32
     scores = mixed.predict(train_samples[8:10]).scores
     assert scores.dtype == np.float32 and np.isfinite(scores).all()
+
+
+def test_native_bf16_by_device():
+    assert native_bf16(torch.device("cuda")) and not native_bf16(torch.device("meta"))
+    cpu = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert native_bf16(torch.device("cpu")) == cpu

@@ -155,6 +155,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` runs bfloat16 matrix products natively: a CUDA GPU, or a CPU with
+    AVX512-BF16 or AMX (without them oneDNN emulates bfloat16, slower than float32)."""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu, private
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 def train_samples(data: Any) -> tuple[list[Sample], list[str]]:
     """Normal training samples and category names from a path, Category, or list of them."""
     from anomap.data.layouts import discover

@@ -298,10 +298,9 @@ class GLASSFeatures(TrainingFeatures):
         ):
             chunk = jobs[start : start + size]
             views = self.synthesis.views([(i, (1, v)) for v, i in chunk])
-            with self.detector.autocast():
-                embedded = self.detector._embed_cells(
-                    torch.stack([v.augmented for v in views]).to(self.detector._device)
-                )
+            embedded = self.detector._embed_cells(
+                torch.stack([v.augmented for v in views]).to(self.detector._device)
+            )
             for (v, i), view, row in zip(chunk, views, embedded, strict=True):
                 features[v, i] = row.to(device, torch.float16)
                 masks[v, i] = view.cells.to(device, torch.uint8)

@@ -42,7 +42,7 @@ from torch import nn
 
 from anomap.data.samples import Sample
 from anomap.features import FoldedLinear, patch_rows
-from anomap.methods.base import PatchFeatureDetector, TrainingConfig, _check
+from anomap.methods.base import PatchFeatureDetector, TrainingConfig, _check, native_bf16
 from anomap.methods.training import EpochTrainedDetector, Optimisers, storable, strip_prefix
 from anomap.progress import track
 
@@ -147,7 +147,8 @@ class SynthesisConfig(TrainingConfig):
     discriminator_hidden: int = 1024
     adaptor_lr: float = 1e-4
     discriminator_lr: float = 2e-4
-    # "auto": bfloat16 autocast for the "fast" preset on CUDA, float32 otherwise
+    # "auto": bfloat16 autocast for the "fast" preset where bfloat16 is native (a CUDA GPU, a
+    # CPU with AVX512-BF16 or AMX), float32 otherwise
     mixed_precision: str = "auto"
 
     def __post_init__(self) -> None:
@@ -175,8 +176,7 @@ class TrainingFeatures:
         cache: torch.Tensor | None = None
         start = 0
         for images in self.detector._batches(self.samples, "caching features"):
-            with self.detector.autocast():
-                cells = self.detector._embed_cells(images)
+            cells = self.detector._embed_cells(images)
             if cache is None:
                 float32_bytes = cells[0].numel() * 4 * len(self.samples)
                 dtype = torch.float32 if float32_bytes <= CACHE_FLOAT32_LIMIT else torch.float16
@@ -271,13 +271,14 @@ class SynthesisDetector(EpochTrainedDetector, PatchFeatureDetector):
     def uses_mixed_precision(self) -> bool:
         setting = self.config.mixed_precision
         if setting == "auto":
-            return self._device.type == "cuda" and self.config.preset == "fast"
+            return self.config.preset == "fast" and native_bf16(self._device)
         return setting == "bf16"
 
     def autocast(self) -> torch.autocast:
-        """bfloat16 autocast for the backbone and the losses when mixed precision is on:
-        matmuls in bfloat16, parameters, optimiser state and feature caches in float32;
-        bfloat16 keeps float32's range, so no loss scaling is needed."""
+        """bfloat16 autocast for the losses (the trained heads) when mixed precision is on:
+        matmuls in bfloat16; parameters, optimiser state and the frozen backbone's features in
+        float32, as inference computes them (caches are made outside autocast). bfloat16 keeps
+        float32's range, so no loss scaling is needed."""
         return torch.autocast(
             self._device.type, dtype=torch.bfloat16, enabled=self.uses_mixed_precision
         )
