@@ -97,6 +97,12 @@ def summarise(runs: list[dict]) -> dict[str, Any]:
     return summary
 
 
+def _points(difference: float) -> str:
+    """A signed difference in points to 0.1, with one that rounds to zero written ±0.0."""
+    text = f"{difference:+.1f}"
+    return "±0.0" if text in ("+0.0", "-0.0") else text
+
+
 def write_markdown(payload: dict[str, Any], path: Path) -> None:
     lines = [f"# {payload['benchmark']}", "", f"Command: `{payload['command']}`", ""]
     lines += [
@@ -115,14 +121,14 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
             )
     lines.append("")
     for method, entry in payload["summary"].items():
-        paired = ", ".join(f"{d:+.1f}" for d in entry["paired_image_auroc_pt"])
+        paired = ", ".join(_points(d) for d in entry["paired_image_auroc_pt"])
         spread = entry["paired_sd_pt"] / len(entry["paired_image_auroc_pt"]) ** 0.5
         low, full = entry["mean"]["bfloat16"], entry["mean"]["float32"]
         lines.append(
-            f"- {method}: bfloat16 − float32 = {entry['paired_mean_pt']:+.1f} pt I-AUROC "
+            f"- {method}: bfloat16 − float32 = {_points(entry['paired_mean_pt'])} pt I-AUROC "
             f"(per seed {paired}; the mean is known to about ±{spread:.1f} pt), "
-            f"{100 * (low['pixel_auroc'] - full['pixel_auroc']):+.1f} pt P-AUROC, "
-            f"{100 * (low['aupro'] - full['aupro']):+.1f} pt AUPRO; a steady epoch takes "
+            f"{_points(100 * (low['pixel_auroc'] - full['pixel_auroc']))} pt P-AUROC, "
+            f"{_points(100 * (low['aupro'] - full['aupro']))} pt AUPRO; a steady epoch takes "
             f"{entry['steady_epoch_ratio']:.2f}× float32's time."
         )
     machine = payload["machine"]
