@@ -50,26 +50,56 @@ def train_samples(synth_root):
     return list(discover(synth_root)[0].train)
 
 
+def _module_pass(disc: Discriminator, rows: torch.Tensor) -> torch.Tensor:
+    """D as the reference writes it: the modules one after another, BatchNorm on the hidden
+    layer's batch statistics."""
+    hidden = torch.nn.functional.leaky_relu(disc.norm(disc.hidden(rows)), 0.2)
+    return torch.sigmoid(disc.head(hidden))
+
+
 @pytest.mark.parametrize("momentum", [0.1, None])
-def test_scoring_beside_fixed_rows_equals_a_pass_over_both(momentum):
-    """GLASS's ascent shortcut: values, gradients and running statistics as D([t; g])."""
+def test_batch_scores_equal_the_module_pass(momentum):
+    """BatchNorm's statistics taken in input space: D's values, the gradients of its inputs
+    and parameters, and its running statistics as the module path over [t; g], whether all
+    rows are scored or only g (GLASS's ascent)."""
     torch.manual_seed(0)
-    straight, shortcut = Discriminator(12, 32), Discriminator(12, 32)
-    shortcut.load_state_dict(straight.state_dict())
-    for disc in (straight, shortcut):
+    straight, folded = Discriminator(12, 32), Discriminator(12, 32)
+    folded.load_state_dict(straight.state_dict())
+    for disc in (straight, folded):
         disc.norm.momentum = momentum
     fixed = torch.randn(40, 12) * 3 + 1
     moving = torch.randn(25, 12, requires_grad=True)
     for _ in range(3):  # running statistics stay equal over several passes
-        expected = straight.from_hidden(straight.hidden(torch.cat([fixed, moving])))[40:]
+        expected = _module_pass(straight, torch.cat([fixed, moving]))[40:]
         (expected_grad,) = torch.autograd.grad(expected.log().sum(), [moving])
-        statistics = RowStatistics.of(shortcut.hidden(fixed))
-        got = shortcut.from_hidden_beside(statistics, shortcut.hidden(moving))
+        batch = RowStatistics.of(fixed) + RowStatistics.of(moving)
+        (got,) = folded.batch_scores(batch, moving)
         (got_grad,) = torch.autograd.grad(got.log().sum(), [moving])
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(got_grad, expected_grad, rtol=1e-4, atol=1e-6)
     for name in ("running_mean", "running_var", "num_batches_tracked"):
-        torch.testing.assert_close(getattr(shortcut.norm, name), getattr(straight.norm, name))
+        torch.testing.assert_close(getattr(folded.norm, name), getattr(straight.norm, name))
+
+    both = torch.cat([fixed, moving])
+    weights = torch.rand(len(both), 1)  # an uneven loss, so no gradient vanishes by symmetry
+    (weights * _module_pass(straight, both)).sum().backward()
+    (weights * folded(both)).sum().backward()
+    for (name, expected), got in zip(straight.named_parameters(), folded.parameters(), strict=True):
+        if name == "hidden.bias":  # cancels in BatchNorm: zero up to rounding, here none
+            assert got.grad is None and expected.grad.abs().max() < 1e-6
+        else:
+            torch.testing.assert_close(got.grad, expected.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_batch_scores_keep_their_precision_under_autocast():
+    """Under bfloat16 autocast D's statistics stay float32 and its scores near float32's."""
+    torch.manual_seed(0)
+    disc = Discriminator(12, 32)
+    rows = torch.randn(300, 12) * 2 + 5  # a large mean: centring first keeps it out of bf16
+    exact = disc(rows)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = disc(rows)
+    torch.testing.assert_close(mixed.float(), exact, rtol=0, atol=0.02)
 
 
 def test_cached_features_equal_streamed(train_samples, monkeypatch):

@@ -10,9 +10,9 @@ trained on three branches per batch (§2.4.5):
   per-epoch centre (hypersphere; r = 0.75-quantile distance to the centre); label 1. Only the
   ascent increments are constants: the projections stay in the graph (pitfall 6). D runs 21
   times in train mode on [t; g], as in the reference, so BatchNorm's batch and running
-  statistics match. t is fixed during the ascent, so D's first Linear of t and its BatchNorm
-  sums are computed once per batch, and the 20 ascent passes normalise and score g only
-  (`Discriminator.from_hidden_beside`): the same values, about half the work;
+  statistics match. t is fixed during the ascent, so its BatchNorm statistics are taken once
+  per batch and the 20 ascent passes score g only (`Discriminator.batch_scores`, which takes
+  the statistics in input space): the same values, a fraction of the work;
 - LAS: a texture blended into the image inside a Perlin mask (restricted to the foreground),
   embedded like x; cells inside the mask label 1, outside 0; hypersphere classes project the
   in-mask cells onto [2r, 4r]; loss: focal (γ 2) on the hardest half (OHEM, p = 0.5).
@@ -491,22 +491,21 @@ class GLASS(SynthesisDetector):
             keep = torch.randperm(len(true_features), device=true_features.device)
             keep = keep[: max(2, round(cfg.gas_fraction * len(keep)))]
             true_features, centres = true_features[keep], centres[keep]
-        count = len(true_features)
         disc = self.discriminator
-        # t is fixed during the ascent, so D's first Linear of t and its BatchNorm statistics
-        # are computed once: each ascent pass then normalises and scores only g, with the
-        # batch statistics of [t; g] (the same values as D([t; g]), about half the work)
-        true_hidden = disc.hidden(true_features)
-        true_statistics = RowStatistics.of(true_hidden)
+        # t is fixed during the ascent: its BatchNorm statistics are taken once, and each
+        # ascent pass scores only g, normalised with the statistics of [t; g] (§2.4.5)
+        true_statistics = RowStatistics.of(true_features.detach())
         synthetic = true_features + cfg.noise_std * torch.randn_like(true_features)
         stride = cfg.gradient_stride
         for step in range(0, cfg.ascent_steps + 1, stride):
             if step == cfg.ascent_steps:
-                scores = disc.from_hidden(torch.cat([true_hidden, disc.hidden(synthetic)]))
-                normal_loss = binary_cross_entropy(scores[:count], 0.0)
-                synthetic_loss = binary_cross_entropy(scores[count:], 1.0)
+                both = RowStatistics.of(true_features) + RowStatistics.of(synthetic)
+                normal, anomalous = disc.batch_scores(both, true_features, synthetic)
+                normal_loss = binary_cross_entropy(normal, 0.0)
+                synthetic_loss = binary_cross_entropy(anomalous, 1.0)
                 break
-            scores = disc.from_hidden_beside(true_statistics, disc.hidden(synthetic))
+            batch = true_statistics + RowStatistics.of(synthetic)
+            (scores,) = disc.batch_scores(batch, synthetic)
             (gradient,) = torch.autograd.grad(binary_cross_entropy(scores, 1.0), [synthetic])
             gradient = gradient / (gradient.norm(dim=1, keepdim=True) + EPS)
             synthetic = synthetic + stride * cfg.ascent_step_size * gradient

@@ -66,7 +66,10 @@ class Adaptor(nn.Linear):
 
 class Discriminator(nn.Module):
     """D: Linear(D→hidden) → BatchNorm1d → LeakyReLU(0.2) → Linear(hidden→1, no bias) →
-    Sigmoid (§2.3); Xavier-normal Linear weights. Output: anomaly probability per row."""
+    Sigmoid (§2.3); Xavier-normal Linear weights. Output: anomaly probability per row.
+
+    In train mode the batch's BatchNorm statistics are taken in input space (`batch_scores`),
+    so a pass costs one matmul and the activation over the n×hidden values."""
 
     def __init__(self, dim: int, hidden: int = 1024) -> None:
         super().__init__()
@@ -77,36 +80,37 @@ class Discriminator(nn.Module):
             nn.init.xavier_normal_(linear.weight)
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.from_hidden(self.hidden(rows))
+        if self.norm.training:
+            return self.batch_scores(RowStatistics.of(rows), rows)[0]
+        return self._activate(self.norm(self.hidden(rows)))
 
-    def from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The rest of D after its first Linear, for callers that reuse that Linear's output."""
-        return self._activate(self.norm(hidden))
-
-    def from_hidden_beside(self, fixed: RowStatistics, hidden: torch.Tensor) -> torch.Tensor:
-        """D's output on the `hidden` rows of a train-mode pass over [fixed rows; hidden]:
-        BatchNorm's batch statistics cover both sets, but only `hidden` is normalised and
-        scored. A caller that needs the gradient of the `hidden` rows' loss alone (GLASS's
-        ascent) so skips half the element-wise work. The running statistics are updated
-        exactly as a pass of `from_hidden` over the concatenated rows would update them."""
-        norm = self.norm
-        total = fixed.count + len(hidden)
-        mean = (fixed.count * fixed.mean + hidden.sum(dim=0)) / total
-        centred = hidden - mean
-        # Chan et al.'s parallel variance: the fixed rows enter through their centred sums
-        squares = fixed.centred_squares + fixed.count * (fixed.mean - mean) ** 2
-        variance = (squares + (centred * centred).sum(dim=0)) / total
+    def batch_scores(self, batch: RowStatistics, *row_sets: torch.Tensor) -> list[torch.Tensor]:
+        """D's train-mode output for each of `row_sets`, BatchNorm normalising with the
+        statistics of `batch` (the rows of one batch, scored here or not) and updating its
+        running statistics once, as one pass over that batch does. W₁ is linear, so the
+        hidden layer's batch mean is W₁m + b₁ and its variance diag(W₁SW₁ᵀ)/n for the rows'
+        mean m and scatter S, and BN(W₁x + b₁) = (x − m)·(s·W₁)ᵀ + β with s = γ/√(var + ε):
+        no normalisation pass over the n×hidden values and no concatenation; values and
+        gradients equal the module's up to float rounding (tested). b₁ cancels, as in
+        BatchNorm, whose gradient for it is zero up to rounding; here it gets none, so AdamW
+        leaves it be instead of decaying it (the inference fold subtracts the running mean,
+        which tracks b₁ either way)."""
+        norm, linear = self.norm, self.hidden
+        with torch.autocast(linear.weight.device.type, enabled=False):
+            weight = linear.weight
+            variance = ((weight @ batch.scatter) * weight).sum(dim=1) / batch.count
+            folded = weight * (norm.weight * torch.rsqrt(variance + norm.eps))[:, None]
         if norm.training and norm.track_running_stats:
             with torch.no_grad():
                 norm.num_batches_tracked.add_(1)
                 momentum = norm.momentum
                 if momentum is None:  # a cumulative average, as BatchNorm does then
                     momentum = 1.0 / float(norm.num_batches_tracked)
+                mean = weight @ batch.mean + linear.bias
+                unbiased = variance * (batch.count / (batch.count - 1))
                 norm.running_mean.lerp_(mean.to(norm.running_mean.dtype), momentum)
-                unbiased = variance * (total / (total - 1))
                 norm.running_var.lerp_(unbiased.to(norm.running_var.dtype), momentum)
-        scale = torch.rsqrt(variance + norm.eps) * norm.weight
-        return self._activate(torch.addcmul(norm.bias, centred, scale))
+        return [self._activate(F.linear(rows - batch.mean, folded, norm.bias)) for rows in row_sets]
 
     def _activate(self, normalised: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.head(F.leaky_relu(normalised, 0.2)))
@@ -114,18 +118,28 @@ class Discriminator(nn.Module):
 
 @dataclass
 class RowStatistics:
-    """Per-channel count, mean and centred sum of squares of a set of rows."""
+    """Count, mean and centred scatter Σ(x − m)(x − m)ᵀ of a set of D's input rows, in
+    float32; differentiable. D's BatchNorm statistics follow from them (`batch_scores`)."""
 
     count: int
     mean: torch.Tensor
-    centred_squares: torch.Tensor
+    scatter: torch.Tensor
 
     @classmethod
-    @torch.no_grad()
     def of(cls, rows: torch.Tensor) -> RowStatistics:
-        rows = rows.float()
-        mean = rows.mean(dim=0)
-        return cls(len(rows), mean, ((rows - mean) ** 2).sum(dim=0))
+        with torch.autocast(rows.device.type, enabled=False):
+            rows = rows.float()
+            mean = rows.mean(dim=0)
+            centred = rows - mean
+            return cls(len(rows), mean, centred.T @ centred)
+
+    def __add__(self, other: RowStatistics) -> RowStatistics:
+        """The statistics of both sets of rows together (Chan et al.'s pairwise update)."""
+        total = self.count + other.count
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.count / total)
+        spread = torch.outer(delta, delta) * (self.count * other.count / total)
+        return RowStatistics(total, mean, self.scatter + other.scatter + spread)
 
 
 def binary_cross_entropy(probabilities: torch.Tensor, target: float) -> torch.Tensor:
