@@ -619,6 +619,12 @@ def main() -> None:
     sections.append(
         ("Training precision over seeds: bfloat16 against float32", "training_precision.md")
     )
+    sections.append(
+        (
+            "Training: the discriminator's pass, module sequence against anomap's",
+            "discriminator_pass.md",
+        )
+    )
     sections.append(("PatchCore fit time and memory against training-set size", "scaling.md"))
     sections.append(("The learnt threshold: false rejects against the promise", "calibration.md"))
     sections.append(("The learnt threshold of PBAS (probability scores)", "calibration_pbas.md"))

@@ -29,7 +29,8 @@ _FUSED_LINEAR = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise",
 def _linear_relu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """ReLU(xWᵀ + b); on a CPU with oneDNN, one fused kernel (the ReLU applied while the
     product is in cache: 3× faster than the product and an in-place ReLU in bfloat16)."""
-    if x.device.type == "cpu" and _FUSED_LINEAR is not None and torch.backends.mkldnn.enabled:
+    fusable = x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
+    if fusable and _FUSED_LINEAR is not None and torch.backends.mkldnn.enabled:
         return _FUSED_LINEAR(x, w, b, "relu", [], "")
     return torch.addmm(b, x, w.t()).relu_()
 
