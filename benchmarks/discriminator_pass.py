@@ -8,6 +8,9 @@ same process, rounds alternating. Two kinds of pass:
 - "ascent": GLASS's gradient ascent, which scores the synthetic rows g normalised with the
   statistics of [t; g] and needs only g's gradient; the module sequence runs on [t; g].
 
+`--device cuda` runs it on a GPU (bfloat16 autocast always; files named ..._cuda), where a
+batch of 8 images is bound by kernel launches rather than memory traffic.
+
 Row counts: a batch of 8 images of the synth tables' geometry (224², 28×28 cells) and of
 the real-data tables' (256×624, 32×78 cells); 152 dimensions (Lite0), hidden 1024. float32,
 and bfloat16 autocast where the CPU has bfloat16 instructions (what `fast` trains with there).
@@ -65,17 +68,24 @@ PASSES: dict[str, Callable[..., None]] = {"all rows": all_rows, "ascent": ascent
 
 
 def timed(kind: str, module: bool, disc: Discriminator, rows: torch.Tensor, bf16: bool) -> float:
-    """Seconds for one pass of `kind`, forward and backward."""
+    """Seconds for one pass of `kind`, forward and backward (the GPU's queue drained)."""
+    device = rows.device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         PASSES[kind](module, disc, rows.detach(), rows)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter() - start
 
 
-def measure(kind: str, cells: int, bf16: bool, rounds: int) -> dict[str, float]:
+def measure(
+    kind: str, cells: int, bf16: bool, rounds: int, device: torch.device
+) -> dict[str, float]:
     torch.manual_seed(0)
-    disc = Discriminator(DIM, HIDDEN).train()
-    rows = torch.randn(IMAGES * cells, DIM, requires_grad=True)
+    disc = Discriminator(DIM, HIDDEN).to(device).train()
+    rows = torch.randn(IMAGES * cells, DIM, device=device, requires_grad=True)
     paths = {"module": True, "anomap": False}
     for module in paths.values():  # warm-up: allocator, oneDNN kernels
         timed(kind, module, disc, rows, bf16)
@@ -114,7 +124,7 @@ def markdown(payload: dict) -> str:
         "for both; their values and gradients agree up to float rounding "
         "(tests/test_simplenet_base.py, tests/test_leaky_head.py).",
         "",
-        f"Machine: {machine['processor']}, {machine['cpu_count']} CPUs, "
+        f"Machine: {machine.get('gpu', machine['processor'])}, {machine['cpu_count']} CPUs, "
         f"{machine['torch_threads']} torch threads, torch {machine['torch']}, "
         f"bfloat16 instructions: {bool(machine['cpu_bf16'])}.",
     ]
@@ -124,27 +134,33 @@ def markdown(payload: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
-    retain_freed_memory()  # as every detector on a CPU does
-    cpu = torch.device("cpu")
-    precisions = {"float32": False, **({"bfloat16": True} if native_bf16(cpu) else {})}
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        retain_freed_memory()  # as every detector on a CPU does
+    precisions = {"float32": False, **({"bfloat16": True} if native_bf16(device) else {})}
     rows = []
     for kind in PASSES:
         for geometry, (height, width) in GRIDS.items():
             for precision, bf16 in precisions.items():
-                result = measure(kind, height * width, bf16, args.rounds)
+                result = measure(kind, height * width, bf16, args.rounds, device)
                 row = {"pass": kind, "geometry": geometry, "rows": IMAGES * height * width}
                 rows.append({**row, "precision": precision, **result})
                 print(rows[-1], flush=True)
     command = "python benchmarks/discriminator_pass.py"
     if args.rounds != 15:
         command += f" --rounds {args.rounds}"
-    payload = {"command": command, "rounds": args.rounds, "machine": machine_info(cpu)}
+    stem = "discriminator_pass"
+    if device.type != "cpu":
+        command += f" --device {args.device}"
+        stem += f"_{device.type}"
+    payload = {"command": command, "rounds": args.rounds, "machine": machine_info(device)}
     payload["rows"] = rows
     args.out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(json.dumps(payload, indent=2), args.out / "discriminator_pass.json")
-    write_text_atomic(markdown(payload), args.out / "discriminator_pass.md")
+    write_text_atomic(json.dumps(payload, indent=2), args.out / f"{stem}.json")
+    write_text_atomic(markdown(payload), args.out / f"{stem}.md")
 
 
 if __name__ == "__main__":

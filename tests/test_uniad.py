@@ -227,6 +227,24 @@ def test_learning_rate_steps_like_the_reference():
     assert paper._epoch_lr(801) == pytest.approx(1e-5)
 
 
+def test_mixed_precision_is_opt_in_and_trains_like_float32(monkeypatch):
+    """bf16 autocast only on request (the reference trains in float32), the same losses to
+    bfloat16's rounding, float32 weights; "auto" stays float32 even where bf16 is native."""
+    monkeypatch.setattr(anomap.methods.base, "native_bf16", lambda device: True)
+    assert not UniAD(device="cpu").uses_mixed_precision
+    assert UniAD(device="cpu", mixed_precision="bf16").uses_mixed_precision
+    features = torch.randn(8, 16, 4, 4) + 1.0
+    histories = []
+    for setting in ("off", "bf16"):
+        torch.manual_seed(0)
+        detector = tiny_detector(lr=1e-3, mixed_precision=setting)
+        optimiser = torch.optim.AdamW(detector.model.parameters())
+        histories.append([detector._train_epoch(features, optimiser, e)["loss"] for e in range(5)])
+        assert all(p.dtype == torch.float32 for p in detector.model.parameters())
+    assert histories[1] == pytest.approx(histories[0], rel=0.05)
+    assert histories[1][-1] < histories[1][0]
+
+
 @pytest.fixture(scope="module")
 def categories(synth_root):
     return discover(synth_root)

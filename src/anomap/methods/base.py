@@ -104,10 +104,17 @@ class TrainingConfig(DetectorConfig):
     checkpoint_every: int = 10
     validate_every: int = 0  # >0: score the held-out normal images every N epochs
     resume: bool = False
+    # training under bfloat16 autocast: "bf16", "off", or "auto" (the method decides: the
+    # SimpleNet family's "fast" preset where bfloat16 is native, UniAD never)
+    mixed_precision: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.epochs >= 1, "epochs must be >= 1")
+        _check(
+            self.mixed_precision in ("auto", "bf16", "off"),
+            "mixed_precision must be 'auto', 'bf16' or 'off'",
+        )
         _check(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
         _check(self.validate_every >= 0, "validate_every must be >= 0")
         _check(not self.resume or self.checkpoint_dir, "resume needs a checkpoint_dir")

@@ -1,9 +1,9 @@
-"""D's hidden layer, LeakyReLU and head as one autograd operation, for training on a CPU.
+"""D's hidden layer, LeakyReLU and head as one autograd operation, for training.
 
 The discriminator's train-mode pass is z = xWᵀ + b (n×hidden), then the score v·LeakyReLU(z)
-per row. Left to autograd, the n×hidden values are written and read about eleven times per
-pass and its backward (the LeakyReLU, its backward, the head's outer product, the bias sum),
-and memory traffic, not arithmetic, sets the speed: GLASS makes six such passes per step.
+per row. Left to autograd, the n×hidden values are written and read many times over a pass
+and its backward (the LeakyReLU, its backward, the head's outer product, the bias sum), and
+on a CPU memory traffic, not arithmetic, sets the speed: GLASS makes six such passes per step.
 Writing LeakyReLU(z) = s·z + (1 − s)·ReLU(z) splits the score into a linear part that never
 needs the n×hidden values and Σ_j v_j·ReLU(z_ij), and the backward needs only ReLU(z) (for v's
 gradient) and the 0/1 pattern of z > 0 (for every other gradient, made in place from it),
@@ -13,6 +13,8 @@ would, and returns gradients in each input's own dtype.
 
 Chunking the rows so the hidden values stay in cache was measured and not adopted: no faster
 than this on the 2-core development machines, with extra rounding in bfloat16 sums.
+benchmarks/discriminator_pass.py times the pass against the module sequence; on a GPU, where
+a batch of 8 images is bound by kernel launches, its effect has not been measured.
 """
 
 from __future__ import annotations

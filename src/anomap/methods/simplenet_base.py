@@ -167,17 +167,10 @@ class SynthesisConfig(TrainingConfig):
     discriminator_hidden: int = 1024
     adaptor_lr: float = 1e-4
     discriminator_lr: float = 2e-4
-    # "auto": bfloat16 autocast for the "fast" preset where bfloat16 is native (a CUDA GPU, a
-    # CPU with AVX512-BF16 or AMX), float32 otherwise
-    mixed_precision: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.preset in ("paper", "fast"), "preset must be 'paper' or 'fast'")
-        _check(
-            self.mixed_precision in ("auto", "bf16", "off"),
-            "mixed_precision must be 'auto', 'bf16' or 'off'",
-        )
         _check(self.discriminator_hidden >= 1, "discriminator_hidden must be >= 1")
         _check(self.adaptor_lr > 0 and self.discriminator_lr > 0, "learning rates must be > 0")
 
@@ -287,21 +280,10 @@ class SynthesisDetector(EpochTrainedDetector, PatchFeatureDetector):
         }
 
     # ---- training -----------------------------------------------------------------------
-    @property
-    def uses_mixed_precision(self) -> bool:
-        setting = self.config.mixed_precision
-        if setting == "auto":
-            return self.config.preset == "fast" and native_bf16(self._device)
-        return setting == "bf16"
-
-    def autocast(self) -> torch.autocast:
-        """bfloat16 autocast for the losses (the trained heads) when mixed precision is on:
-        matmuls in bfloat16; parameters, optimiser state and the frozen backbone's features in
-        float32, as inference computes them (caches are made outside autocast). bfloat16 keeps
-        float32's range, so no loss scaling is needed."""
-        return torch.autocast(
-            self._device.type, dtype=torch.bfloat16, enabled=self.uses_mixed_precision
-        )
+    def _auto_mixed_precision(self) -> bool:
+        """bfloat16 autocast for "fast" where bfloat16 is native (a CUDA GPU, a CPU with
+        AVX512-BF16 or AMX); "paper" trains in float32, as the reference does."""
+        return self.config.preset == "fast" and native_bf16(self._device)
 
     def _training_features(self, train: list[Sample]) -> TrainingFeatures:
         """What each epoch iterates; a method with image-level synthesis (GLASS) returns a
@@ -318,8 +300,6 @@ class SynthesisDetector(EpochTrainedDetector, PatchFeatureDetector):
         ):
             cfg.resize = LARGER_RESIZE
             self.training_info["resize_exception"] = f"{LARGER_RESIZE} for {self.categories}"
-        if self.uses_mixed_precision:
-            self.training_info["precision"] = "bfloat16 autocast (mixed precision)"
         self._build_modules()
         optimisers = self._optimisers()
         features = self._training_features(train)

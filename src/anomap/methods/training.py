@@ -64,6 +64,25 @@ class EpochTrainedDetector(Detector):
         self.history: list[dict[str, float]] = []
         self._pace: EpochPace | None = None
 
+    # ---- precision ------------------------------------------------------------------------
+    def _auto_mixed_precision(self) -> bool:
+        """What `mixed_precision="auto"` means for this method: float32 unless it says."""
+        return False
+
+    @property
+    def uses_mixed_precision(self) -> bool:
+        setting = self.config.mixed_precision
+        return self._auto_mixed_precision() if setting == "auto" else setting == "bf16"
+
+    def autocast(self) -> torch.autocast:
+        """bfloat16 autocast for the trained modules' forward passes and losses when mixed
+        precision is on: matrix products in bfloat16; parameters, optimiser state and the
+        frozen backbone's features in float32, as inference computes them (caches are made
+        outside autocast). bfloat16 keeps float32's range, so no loss scaling is needed."""
+        return torch.autocast(
+            self._device.type, dtype=torch.bfloat16, enabled=self.uses_mixed_precision
+        )
+
     def _run_epochs(
         self,
         train: list[Sample],
@@ -75,6 +94,8 @@ class EpochTrainedDetector(Detector):
         """Train epochs `start..epochs-1`, where `start` is 0, or the checkpoint's count when
         resuming; `start_fresh` runs once before epoch 0 of a run that is not resumed."""
         cfg = self.config
+        if self.uses_mixed_precision:
+            self.training_info["precision"] = "bfloat16 autocast (mixed precision)"
         checkpoint = Checkpoint(Path(cfg.checkpoint_dir), train) if cfg.checkpoint_dir else None
         start = checkpoint.restore(self, optimisers) if checkpoint and cfg.resume else None
         if start is None:
@@ -218,11 +239,9 @@ class Checkpoint:
         if meta["train_fingerprint"] != self.fingerprint:
             raise AnomapError(f"{where} was trained on other images; use another checkpoint_dir")
         current = _resume_relevant(detector.config.to_dict())
-        changed = sorted(
-            k
-            for k in current.keys() | meta["config"].keys()
-            if current.get(k) != meta["config"].get(k)
-        )
+        # a setting added since the checkpoint was made counts as its default then
+        saved = _resume_relevant({**type(detector.config)().to_dict(), **meta["config"]})
+        changed = sorted(k for k in current.keys() | saved.keys() if current.get(k) != saved.get(k))
         if changed:
             raise AnomapError(f"{where} was made with other settings: {', '.join(changed)}")
         if meta["epochs_done"] > detector.config.epochs:

@@ -44,6 +44,9 @@ Deviations, all deliberate and named here:
   grid side: otherwise some token would have every key masked and attend to NaN.
 - `_score` returns the map already upsampled with align_corners=True; `Detector.predict`'s
   own bilinear resize to the same size is then an identity.
+- `mixed_precision="bf16"` trains under bfloat16 autocast (LayerNorms, softmax and the loss in
+  float32, as autocast decides); off by default ("auto" means off here: the reference trains
+  in float32). benchmarks/training_precision.py measures what it changes.
 - No validation on the test set every 10 epochs (the reference logs it and keeps a "best"
   checkpoint, but evaluates the latest one).
 """
@@ -353,7 +356,8 @@ class UniAD(EpochTrainedDetector):
         total = torch.zeros((), device=features.device)
         for start in track(starts, self._epoch_label(epoch), total=len(starts)):
             batch = features[order[start : start + cfg.batch_size].to(features.device)]
-            loss = F.mse_loss(self.model(batch), batch)
+            with self.autocast():
+                loss = F.mse_loss(self.model(batch), batch)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
