@@ -623,6 +623,7 @@ def main() -> None:
     sections.append(
         ("Training precision over seeds: bfloat16 against float32", "training_precision.md")
     )
+    sections.append(("Training precision over seeds: UniAD", "training_precision_uniad.md"))
     title = "Training: the discriminator's pass, module sequence against anomap's"
     sections.append((f"{title} (CPU)", "discriminator_pass.md"))
     sections.append((f"{title} (GPU)", "discriminator_pass_cuda.md"))

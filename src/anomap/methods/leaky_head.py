@@ -24,13 +24,15 @@ from typing import Any
 import torch
 
 LEAKY_SLOPE = 0.2  # the discriminator's LeakyReLU slope (§2.3)
-# oneDNN's linear with a fused activation, in every x86 and ARM build of PyTorch
+# oneDNN's linear with a fused activation, in PyTorch builds with oneDNN (the x86 wheels);
+# without it, the product and the ReLU run one after the other
 _FUSED_LINEAR = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
 
 
 def _linear_relu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """ReLU(xWᵀ + b); on a CPU with oneDNN, one fused kernel (the ReLU applied while the
-    product is in cache: 3× faster than the product and an in-place ReLU in bfloat16)."""
+    """ReLU(xWᵀ + b); on a CPU with oneDNN, one fused kernel that applies the ReLU while the
+    product is in cache (in bfloat16 on an AMX Xeon, 5 ms against 16 ms for the product and
+    an in-place ReLU at 19968×152 → 1024)."""
     fusable = x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
     if fusable and _FUSED_LINEAR is not None and torch.backends.mkldnn.enabled:
         return _FUSED_LINEAR(x, w, b, "relu", [], "")
