@@ -71,7 +71,7 @@ class Discriminator(nn.Module):
 
     In train mode the batch's BatchNorm statistics are taken in input space (`batch_scores`),
     and the hidden layer, activation and head run as one operation (`leaky_relu_head`), so a
-    pass reads and writes the n×hidden values a few times instead of about eleven."""
+    pass touches the n×hidden values a few times, not once per element-wise step."""
 
     def __init__(self, dim: int, hidden: int = 1024) -> None:
         super().__init__()
