@@ -50,6 +50,16 @@ UNIAD_GEOMETRY = {  # UniAD resizes straight to a multiple of 16, no crop (§4.2
 }
 
 
+def geometry_text(settings: dict[str, Any]) -> str:
+    """A geometry's resize/crop settings in words, e.g. 'resize 256, centre crop 224'."""
+    resize, crop = settings["resize"], settings["crop"]
+    if isinstance(resize, tuple):
+        size = f"whole frame resized to {resize[0]}×{resize[1]}"
+    else:
+        size = f"resize {resize}"
+    return f"{size}, centre crop {crop}" if crop else f"{size}, no crop"
+
+
 def _model_size_mb(detector: Any) -> float:
     return sum(t.numel() * t.element_size() for t in detector.state_tensors().values()) / 2**20
 

@@ -29,7 +29,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from anomap.allocator import retain_freed_memory
 from anomap.benchmark import machine_info
@@ -44,7 +43,7 @@ GRIDS = {"synth 224²": (28, 28), "real 256×624": (32, 78)}
 
 def module_pass(disc: Discriminator, rows: torch.Tensor) -> torch.Tensor:
     """The reference's order of modules, BatchNorm on the hidden layer's batch statistics."""
-    return torch.sigmoid(disc.head(F.leaky_relu(disc.norm(disc.hidden(rows)), 0.2)))
+    return disc._activate(disc.norm(disc.hidden(rows)))
 
 
 def all_rows(module: bool, disc: Discriminator, fixed: torch.Tensor, rows: torch.Tensor) -> None:

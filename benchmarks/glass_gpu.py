@@ -25,7 +25,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from accuracy_methods import COLUMNS, GEOMETRY, ROOT, SHARED, evaluate_groups
+from accuracy_methods import COLUMNS, GEOMETRY, ROOT, SHARED, evaluate_groups, geometry_text
 
 from anomap.benchmark import machine_info
 from anomap.methods.base import resolve_device
@@ -132,16 +132,6 @@ def run(
     }
 
 
-def _geometry_text(settings: dict[str, Any]) -> str:
-    """`GEOMETRY`'s resize/crop settings in words, e.g. 'resize 256, centre crop 224'."""
-    resize, crop = settings["resize"], settings["crop"]
-    if isinstance(resize, tuple):
-        size = f"whole frame resized to {resize[0]}×{resize[1]}"
-    else:
-        size = f"resize {resize}"
-    return f"{size}, centre crop {crop}" if crop else f"{size}, no crop"
-
-
 def _segments_text(run: str, category: str, row: dict[str, Any]) -> str:
     """A run resumed across processes, in words: the row's times are its last process's."""
     parts = []
@@ -218,7 +208,7 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
     lines += [
         "",
         f"Geometry as the CPU accuracy tables' {geometry} rows "
-        f"({_geometry_text(GEOMETRY[geometry])}). Metrics of the last epoch (deployable); "
+        f"({geometry_text(GEOMETRY[geometry])}). Metrics of the last epoch (deployable); "
         "oracle columns: the epoch with the best I-AUROC + P-AUROC on the test set, scored "
         "every `--eval-every` epochs, as the papers select. "
         "Steady s/epoch: between the first and last epoch ends, without set-up (feature and "

@@ -25,7 +25,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from accuracy_methods import GEOMETRY, ROOT, UNIAD_GEOMETRY, evaluate_groups
+from accuracy_methods import GEOMETRY, ROOT, UNIAD_GEOMETRY, evaluate_groups, geometry_text
 
 from anomap.benchmark import machine_info
 from anomap.data.synth import generate
@@ -35,12 +35,25 @@ from anomap.report import write_text_atomic
 PRECISIONS = {"float32": "off", "bfloat16": "bf16"}  # name -> mixed_precision setting
 EPOCHS = {"pbas": 30, "glass": 10, "uniad": 20}  # the CPU accuracy tables' schedules
 DEFAULT_METHODS = ["glass", "pbas"]
-SETUP = {  # how each method trains here, for the table's notes
-    "glass": "resize 256, centre crop 224, preset fast, one model per category",
-    "pbas": "resize 256, centre crop 224, preset fast, one model per category",
-    "uniad": "resize 224×224, one model for all categories",
-}
 KEPT = ("image_auroc", "pixel_auroc", "aupro", "loop_seconds_per_epoch")
+
+
+def method_settings(method: str) -> tuple[dict[str, Any], bool]:
+    """The accuracy tables' synth settings for `method`, and whether it trains one model for
+    all categories (UniAD) rather than one per category (the `fast` preset of the others)."""
+    if method == "uniad":
+        return dict(UNIAD_GEOMETRY["synth"]), True
+    return dict(GEOMETRY["synth"], preset="fast"), False
+
+
+def setup_text(method: str) -> str:
+    """`method_settings` in words, for the table's notes."""
+    settings, unified = method_settings(method)
+    parts = [geometry_text(settings)]
+    if "preset" in settings:
+        parts.append(f"preset {settings['preset']}")
+    parts.append("one model for all categories" if unified else "one model per category")
+    return ", ".join(parts)
 
 
 def train_and_test(method: str, precision: str, seed: int, root: str, epochs: int) -> dict:
@@ -48,12 +61,8 @@ def train_and_test(method: str, precision: str, seed: int, root: str, epochs: in
     import torch
 
     torch.set_num_threads(1)
-    settings = dict(epochs=epochs, seed=seed, mixed_precision=PRECISIONS[precision])
-    unified = method == "uniad"
-    if unified:
-        settings.update(UNIAD_GEOMETRY["synth"])
-    else:
-        settings.update(GEOMETRY["synth"], preset="fast")
+    settings, unified = method_settings(method)
+    settings.update(epochs=epochs, seed=seed, mixed_precision=PRECISIONS[precision])
     # the oracle scores once, at the last epoch, so it adds no selection of its own
     rows = evaluate_groups("synth", Path(root), method, settings, unified, epochs)
     return {
@@ -144,7 +153,7 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
         f"Machine: {machine['processor']}, {machine['cpu_count']} CPUs, torch {machine['torch']}, "
         f"bfloat16 instructions: {payload['cpu_bf16']}; {payload['jobs']} job(s) at once, "
         "1 torch thread each. Synth categories (anomap synth defaults); "
-        + "; ".join(f"{m}: {SETUP[m]}" for m in payload["summary"])
+        + "; ".join(f"{m}: {setup_text(m)}" for m in payload["summary"])
         + ". Metrics of the last epoch, means over categories (and seeds); steady s/epoch: "
         "between the first and last epoch ends.",
         "",
