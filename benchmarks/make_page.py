@@ -85,7 +85,7 @@ set-up (caching features and texture views).
 Every CPU training file here ran in float32. Since commit "Training precision: `fast`
 trains with bfloat16 autocast on CPUs with bfloat16 instructions…", `mixed_precision="auto"`
 gives the `fast` preset of PBAS and GLASS bfloat16 autocast on CPUs with AVX512-BF16 or AMX
-too (`training_precision.md`: same accuracy over three seeds, 0.49–0.54× the epoch time), so
+too (`training_precision.md`: same accuracy over three seeds, 0.53–0.55× the epoch time), so
 a re-run on such a CPU trains faster than these files say; `--set mixed_precision=off`
 reproduces their precision. The discriminator's training pass has also changed since most
 of these files were written (BatchNorm statistics taken in input space, then the hidden
